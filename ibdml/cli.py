@@ -1,0 +1,83 @@
+"""The `ibdml` command.
+
+    ibdml train PARAMS [-p key=value ...] [--out DIR] [--restart]
+    ibdml evaluate RUN_DIR
+    ibdml params            (the parameter table)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ibdml.backbone import WeightsError
+from ibdml.config import ParamError, load_params, params_markdown
+from ibdml.data.folder import DatasetError
+from ibdml.runs import RunFolderError
+from ibdml.train import TrainingDiverged
+
+# Errors whose message already says what to do: print it, no traceback.
+USER_ERRORS = (ParamError, RunFolderError, DatasetError, WeightsError, TrainingDiverged,
+               FileNotFoundError)
+
+
+def default_run_dir(params_file: str) -> Path:
+    return Path("outputs") / Path(params_file).stem
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ibdml.train import train
+
+    p = load_params(args.params, args.override)
+    out = Path(args.out) if args.out else default_run_dir(args.params)
+    summary = train(p, out, resume=not args.restart)
+    print(f"trained {summary['epochs']} epochs into {out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ibdml.evaluation import evaluate_run
+
+    result = evaluate_run(Path(args.run_dir))
+    shown = {k: result[k] for k in ("recall_at_k", "map_at_r", "nmi", "protocol", "epoch")}
+    if "baselines" in result:
+        shown["baselines"] = result["baselines"]
+    print(json.dumps(shown, indent=2))
+    print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ibdml", description="Intra-Batch Deep Metric Learning")
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a run from a parameters file")
+    t.add_argument("params", help="parameters YAML file, e.g. params/glyphs.yaml")
+    t.add_argument("-p", dest="override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter (repeatable), e.g. -p epochs=3")
+    t.add_argument("--out", help="run folder (default outputs/<params file name>)")
+    t.add_argument("--restart", action="store_true",
+                   help="ignore an existing checkpoint in the run folder and train from scratch")
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("evaluate", help="evaluate a trained run; writes metrics.json")
+    e.add_argument("run_dir")
+    e.set_defaults(func=cmd_evaluate)
+    sub.add_parser("params", help="print the parameter table").set_defaults(
+        func=lambda a: print(params_markdown()))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        print(f"ibdml: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ibdml: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

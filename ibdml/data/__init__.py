@@ -1,0 +1,1 @@
+"""Datasets, transforms and the class-balanced sampler."""

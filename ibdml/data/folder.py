@@ -1,0 +1,104 @@
+"""The image-folder reader shared by Glyphs and the class-folder datasets.
+
+Layout: `root/images/<class>/<file>`. As in torchvision's ImageFolder (and the authors' code,
+METHOD_SPEC §2.1) the class index is the rank of the class folder name in sorted order, files
+whose name starts with `._` (macOS metadata) are skipped, and the first C classes are the training
+classes, the rest the test classes (class-disjoint splits, as in the paper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read; the message says what layout is expected."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """A list of images with class labels. labels are 0-based ranks among the split's classes."""
+
+    name: str
+    paths: list[Path]
+    labels: np.ndarray  # [N] int64
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, class_ids: np.ndarray, name: str) -> "Split":
+        """The images of the given classes, relabelled 0..len(class_ids)-1 in the given order."""
+        remap = {int(c): i for i, c in enumerate(class_ids)}
+        keep = np.flatnonzero(np.isin(self.labels, class_ids))
+        return Split(name, [self.paths[i] for i in keep],
+                     np.array([remap[int(self.labels[i])] for i in keep], dtype=np.int64),
+                     [self.class_names[int(c)] for c in class_ids])
+
+
+def read_image_folder(root: Path) -> Split:
+    """All images under `root/images/<class>/`, labelled by sorted class-folder rank."""
+    images = Path(root).expanduser() / "images"
+    if not images.is_dir():
+        raise DatasetError(f"{images} is not a folder; expected the layout "
+                           "root/images/<class>/<image files>")
+    class_dirs = sorted(d for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths, labels = [], []
+    for label, d in enumerate(class_dirs):
+        files = sorted(f for f in d.iterdir()
+                       if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("._"))
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise DatasetError(f"no images found under {images}; expected root/images/<class>/<files>")
+    return Split("all", paths, np.array(labels, dtype=np.int64), [d.name for d in class_dirs])
+
+
+def split_classes(data: Split, train_classes: int, val_fraction: float,
+                  held_out: int) -> dict[str, Split]:
+    """Class-disjoint splits: the first `train_classes` classes train, the rest test; with a
+    validation split, the last `held_out` training classes become `val` (never seen in training)."""
+    if train_classes >= data.num_classes:
+        raise DatasetError(f"the dataset has {data.num_classes} classes, so {train_classes} "
+                           "training classes leave none for testing")
+    fit = train_classes - held_out
+    splits = {"train": data.subset(np.arange(fit), "train"),
+              "test": data.subset(np.arange(train_classes, data.num_classes), "test")}
+    if val_fraction > 0:
+        splits["val"] = data.subset(np.arange(fit, train_classes), "val")
+    return splits
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image as RGB; an unreadable file is an error that names it."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}; remove or replace the file") from e
+
+
+class ImageDataset(Dataset):
+    """(image tensor, label, index) for every image of a split."""
+
+    def __init__(self, split: Split, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        return self.transform(load_rgb(self.split.paths[i])), int(self.split.labels[i]), i

@@ -1,0 +1,90 @@
+"""The class-balanced batch sampler: n_c classes × n_s images per batch.
+
+It reproduces the semantics of the authors' CombineSampler (METHOD_SPEC §3.1, bug list B20):
+every class is cut into chunks of n_s images, with floor(m / n_s) + 1 chunks per class of m
+images (the last chunk is topped up with other images of the class, so some images appear twice
+in an epoch), the chunks are shuffled globally, topped up to a multiple of n_c with copies of
+random chunks, and each batch is n_c consecutive chunks. The same class can land twice in one
+batch, as in the original.
+
+Randomness comes from the sampler's own generator, derived from (seed, epoch): an epoch's batches
+depend on nothing else, so resuming at any epoch reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+
+def divisor_shapes(batch_size: int) -> list[tuple[int, int]]:
+    """(n_c, n_s) pairs with n_c·n_s = batch_size and 2 ≤ n_c ≤ batch_size / 2 (authors' CUB
+    NumberSampler, METHOD_SPEC §3.2). For 54: (2,27) (3,18) (6,9) (9,6) (18,3) (27,2)."""
+    return [(d, batch_size // d) for d in range(2, batch_size // 2 + 1) if batch_size % d == 0]
+
+
+class ClassBalancedBatchSampler:
+    """Yields batches (lists of dataset indices) of n_c chunks of n_s same-class images.
+
+    labels: [N] class label of every dataset item. Use as `DataLoader(batch_sampler=...)` and call
+    `set_epoch(e)` before each epoch.
+    """
+
+    def __init__(self, labels: Sequence[int], n_c: int, n_s: int, *, seed: int = 0,
+                 batch_shape: str = "fixed") -> None:
+        labels = np.asarray(labels)
+        self.classes = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        self.n_c, self.n_s, self.seed, self.batch_shape = n_c, n_s, seed, batch_shape
+        if batch_shape == "divisors" and not divisor_shapes(n_c * n_s):
+            raise ValueError(f"batch_shape divisors: batch size {n_c * n_s} has no divisor "
+                             "between 2 and half of it; use batch_shape: fixed")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def shape(self) -> tuple[int, int]:
+        """This epoch's (n_c, n_s): fixed, or redrawn among the divisor shapes."""
+        if self.batch_shape == "fixed":
+            return self.n_c, self.n_s
+        shapes = divisor_shapes(self.n_c * self.n_s)
+        return shapes[np.random.default_rng([self.seed, self.epoch, 1]).integers(len(shapes))]
+
+    def _class_chunks(self, members: np.ndarray, n_s: int, rng: np.random.Generator) -> np.ndarray:
+        """One class's chunks, [floor(m / n_s) + 1, n_s] (METHOD_SPEC §3.1 steps 1–3)."""
+        members = rng.permutation(members)
+        if len(members) < n_s:  # step 2: pad small classes with repeats
+            members = np.concatenate([members, rng.choice(members, n_s - len(members))])
+        m = len(members)
+        extra = (m // n_s + 1) * n_s - m  # step 3: always ≥ 1, a whole chunk when n_s divides m
+        members = np.concatenate([members, rng.choice(members, extra, replace=False)])
+        return members.reshape(-1, n_s)  # [chunks, n_s]
+
+    def _chunks(self) -> np.ndarray:
+        n_c, n_s = self.shape()
+        rng = self._rng()
+        chunks = np.concatenate([self._class_chunks(c, n_s, rng) for c in self.classes])
+        chunks = chunks[rng.permutation(len(chunks))]  # step 4: global shuffle
+        missing = -len(chunks) % n_c  # step 5: top up to a multiple of n_c
+        if missing:
+            chunks = np.concatenate([chunks, chunks[rng.choice(len(chunks), missing, replace=False)]])
+        return chunks.reshape(-1, n_c * n_s)  # [batches, n_c·n_s], step 6
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._chunks():
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        n_c, n_s = self.shape()
+        chunks = sum(max(len(c), n_s) // n_s + 1 for c in self.classes)
+        return -(-chunks // n_c)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.epoch = state["seed"], state["epoch"]

@@ -1,0 +1,119 @@
+"""Evaluating a split, a training checkpoint, and a whole run (metrics.json).
+
+The test features are the L2-normalised backbone embeddings; the MPN is dropped (paper §3.4).
+Metrics come from one exact k-NN search (metrics.evaluate). A Glyphs run also records two
+baselines that any trained backbone must beat: k-NN on raw pixels, and the network as initialised
+(DESIGN.md: early epochs dip below the untrained network, so always show both).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ibdml.config import Params
+from ibdml.data.datasets import load_splits
+from ibdml.data.folder import ImageDataset, Split
+from ibdml.data.transforms import eval_transform
+from ibdml.metrics import evaluate
+from ibdml.model import IntraBatchModel, build_model
+from ibdml.runs import (environment, read_json, read_run_params, resolve_device, save_torch,
+                        write_json)
+
+
+def split_loader(split: Split, p: Params, device: torch.device) -> DataLoader:
+    return DataLoader(ImageDataset(split, eval_transform(p)), batch_size=p.eval_batch_size,
+                      shuffle=False, num_workers=worker_count(p, device),
+                      pin_memory=device.type == "cuda")
+
+
+def worker_count(p: Params, device: torch.device) -> int:
+    """DataLoader workers: on a small CPU machine the cores are better spent on the network."""
+    if p.num_workers >= 0:
+        return p.num_workers
+    cores = len(os.sched_getaffinity(0))
+    return min(8, cores - 1) if device.type == "cuda" else (0 if cores <= 4 else min(4, cores // 2))
+
+
+@torch.no_grad()
+def embed(model: IntraBatchModel, loader: DataLoader, device: torch.device) -> torch.Tensor:
+    """Normalised backbone embeddings [N, D] (float32, CPU) of a loader's images, in order."""
+    model.eval()
+    return torch.cat([model.backbone(images.to(device))[0].float().cpu()
+                      for images, _, _ in loader])
+
+
+def evaluate_split(model: IntraBatchModel, split: Split, p: Params, device: torch.device,
+                   *, nmi: bool) -> tuple[dict, torch.Tensor]:
+    """Metrics of the backbone on one split, and its embeddings."""
+    emb = embed(model, split_loader(split, p, device), device)
+    return evaluate(emb, split.labels, p.recall_ks, nmi=nmi, seed=p.seed), emb
+
+
+@torch.no_grad()
+def raw_pixel_baseline(split: Split, p: Params) -> dict:
+    """k-NN on the test-transformed pixels, flattened and L2-normalised."""
+    loader = split_loader(split, p, torch.device("cpu"))
+    pixels = torch.cat([images.flatten(1) for images, _, _ in loader])  # [N, 3·H·W]
+    return evaluate(torch.nn.functional.normalize(pixels, dim=1), split.labels, p.recall_ks,
+                    nmi=p.nmi, seed=p.seed)
+
+
+def untrained_baseline(split: Split, p: Params, num_classes: int, device: torch.device) -> dict:
+    """The network as training starts from it (same seed, same initialisation)."""
+    torch.manual_seed(p.seed)
+    model = build_model(p, num_classes).to(device)
+    return evaluate_split(model, split, p, device, nmi=p.nmi)[0]
+
+
+def protocol(p: Params) -> str:
+    return {"last": "paper (last epoch)", "val": "fair (epoch selected on validation classes)",
+            "test": "optimistic (epoch selected on the test set)"}[p.select_on]
+
+
+def selected_checkpoint(run_dir: Path, p: Params) -> Path:
+    name = "last.pt" if p.select_on == "last" else "best.pt"
+    path = Path(run_dir) / "checkpoints" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; train the run first "
+                                f"(`ibdml train {Path(run_dir) / 'params.yaml'} --out {run_dir}`)")
+    return path
+
+
+def evaluate_run(run_dir: Path, progress: bool = True) -> dict:
+    """Evaluate the run's selected checkpoint on the test split; write metrics.json (and cache the
+    test embeddings). Baselines are computed once and kept in baselines.json."""
+    start, run_dir = time.time(), Path(run_dir)
+    p = read_run_params(run_dir)
+    device = resolve_device(p.device)
+    splits = load_splits(p, progress=progress)
+    ckpt = torch.load(selected_checkpoint(run_dir, p), map_location="cpu", weights_only=False)
+    model = build_model(p, splits["train"].num_classes).to(device)
+    model.load_state_dict(ckpt["model"])
+    metrics, emb = evaluate_split(model, splits["test"], p, device, nmi=p.nmi)
+    save_torch(run_dir / "embeddings" / "test.pt",
+               {"embeddings": emb, "labels": torch.as_tensor(splits["test"].labels),
+                "epoch": ckpt["epoch"]})
+    result = {**metrics, "protocol": protocol(p), "split": "test", "epoch": ckpt["epoch"],
+              "select_on": p.select_on, "optimistic": p.select_on == "test"}
+    if p.baselines:
+        result["baselines"] = baselines(run_dir, p, splits, device)
+    result.update(params=p.to_dict(), environment=environment(device),
+                  seconds=round(time.time() - start, 2))
+    write_json(run_dir / "metrics.json", result)
+    return result
+
+
+def baselines(run_dir: Path, p: Params, splits: dict[str, Split], device: torch.device) -> dict:
+    path = run_dir / "baselines.json"
+    if path.is_file():
+        return read_json(path)
+    result = {"raw_pixels": raw_pixel_baseline(splits["test"], p),
+              "untrained": untrained_baseline(splits["test"], p, splits["train"].num_classes,
+                                              device)}
+    write_json(path, result)
+    return result

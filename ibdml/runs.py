@@ -1,0 +1,138 @@
+"""Run folders: one folder per experiment holding every file a later step needs.
+
+    <run>/params.yaml        the resolved parameters (a run folder never changes parameters)
+    <run>/checkpoints/       last.pt (every epoch), best.pt (select_on val/test)
+    <run>/history.json       one row per epoch
+    <run>/metrics.json       the evaluation of the selected checkpoint
+    <run>/embeddings/        cached test embeddings
+
+Every file is written atomically (temporary file + rename), so an interrupted run never leaves a
+half-written file behind that a later step would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ibdml.config import Params, make_params
+
+
+class RunFolderError(ValueError):
+    """A folder that is not a run folder, or holds a run with other parameters."""
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic(Path(path), lambda f: f.write(text.encode()))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def params_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "params.yaml"
+
+
+def read_run_params(run_dir: Path) -> Params:
+    path = params_path(run_dir)
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder (no params.yaml); train first with "
+                          "`ibdml train PARAMS --out RUN_DIR`")
+    return make_params(yaml.safe_load(path.read_text()))
+
+
+def prepare_run_dir(run_dir: Path, p: Params) -> Path:
+    """Create the run folder with its params.yaml, or check that an existing one was made with
+    the same parameters: two parameter sets never share a folder silently."""
+    run_dir = Path(run_dir)
+    path = params_path(run_dir)
+    if path.is_file():
+        old = yaml.safe_load(path.read_text()) or {}
+        changed = {k: (old.get(k), v) for k, v in p.to_dict().items() if old.get(k) != v}
+        if changed:
+            diff = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in sorted(changed.items()))
+            raise RunFolderError(f"run folder {run_dir} holds a run with other parameters ({diff}); "
+                              "use another --out, or delete the folder to start over")
+        return run_dir
+    write_text(path, p.to_yaml())
+    return run_dir
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("parameter device: cuda, but no CUDA device is visible; use auto or cpu")
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                        "cpu" if name == "auto" else name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What a JSON sidecar records about where a number came from (FIELD_NOTES B.3)."""
+    try:
+        import faiss
+        faiss_version = faiss.__version__
+    except ImportError:
+        faiss_version = None
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "faiss": faiss_version, "platform": platform.platform(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(), "git": _git_commit()}
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

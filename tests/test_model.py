@@ -1,0 +1,66 @@
+"""The full network: backbone embedding, heads, CE-only baseline, pretrained loading."""
+
+import pytest
+import torch
+
+from ibdml.backbone import Backbone, WeightsError
+from ibdml.config import load_params
+from ibdml.model import build_model
+
+
+def small(**kw):
+    return load_params(None, {"embedding_dim": 64, **kw})
+
+
+def test_outputs_and_normalised_embedding():
+    torch.manual_seed(0)
+    model = build_model(small(), num_classes=7)
+    out = model(torch.randn(12, 3, 32, 32), return_attention=True)
+    assert out.embedding.shape == (12, 64)
+    torch.testing.assert_close(out.embedding.norm(dim=1), torch.ones(12))
+    assert out.backbone_logits.shape == out.mpn_logits.shape == (12, 7)
+    assert out.attention.shape == (1, 2, 12, 12)
+
+
+def test_ce_only_baseline_has_no_mpn():
+    model = build_model(small(mpn_layers=0, loss_heads="backbone"), num_classes=7)
+    assert model.mpn is None
+    out = model(torch.randn(4, 3, 32, 32))
+    assert out.mpn_logits is None and out.attention is None
+
+
+def test_backbone_loss_heads_skip_the_mpn():
+    model = build_model(small(), num_classes=7)
+    assert model(torch.randn(4, 3, 32, 32), run_mpn=False).mpn_logits is None
+
+
+def test_avg_pooling_and_resnet50_shapes():
+    model = build_model(small(pooling="avg", backbone="resnet50"), num_classes=3)
+    assert model.backbone.embed.in_features == 2048
+    assert model(torch.randn(2, 3, 32, 32)).embedding.shape == (2, 64)
+
+
+def test_pretrained_from_local_file(tmp_path):
+    torch.manual_seed(1)
+    source = Backbone("resnet18", 10)
+    trunk_state = {k.replace("trunk.", ""): v for k, v in source.state_dict().items()}
+    from torchvision.models import resnet18
+    reference = resnet18()
+    names = [n for n, _ in reference.named_children() if n not in ("avgpool", "fc")]
+    state = {}
+    for i, name in enumerate(names):  # trunk.<i>.<rest> ↔ <name>.<rest>
+        state.update({f"{name}.{k[len(str(i)) + 1:]}": v for k, v in trunk_state.items()
+                      if k.split(".")[0] == str(i)})
+    state["fc.weight"] = torch.zeros(1000, 512)  # ImageNet classifier: dropped
+    torch.save(state, tmp_path / "r18.pth")
+    loaded = Backbone("resnet18", 10, pretrained=str(tmp_path / "r18.pth"))
+    torch.testing.assert_close(loaded.trunk[0].weight, source.trunk[0].weight)
+    torch.testing.assert_close(loaded.trunk[4][0].bn1.running_var, source.trunk[4][0].bn1.running_var)
+
+
+def test_pretrained_errors(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        Backbone("resnet18", 10, pretrained=str(tmp_path / "missing.pth"))
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(Exception, match="size mismatch|does not fit"):
+        Backbone("resnet18", 10, pretrained=str(tmp_path / "bad.pth"))
