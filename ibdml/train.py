@@ -85,7 +85,7 @@ def train_epoch(t: Trainer, loader: DataLoader, p: Params, device: torch.device,
                                        temperature=p.temperature)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
-                f"the loss became {float(loss)} at epoch {t.epoch + 1}, step {steps + 1}; the last "
+                f"the loss became {float(loss.detach())} at epoch {t.epoch + 1}, step {steps + 1}; the last "
                 f"good checkpoint (epoch {t.epoch}) is kept. Lower lr (now {p.lr}) or raise "
                 f"temperature (now {p.temperature}), then train again in a new run folder")
         t.optimizer.zero_grad(set_to_none=True)

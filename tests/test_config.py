@@ -68,3 +68,9 @@ def test_every_field_documented_in_markdown():
 def test_yaml_round_trip():
     p = load_params(PARAMS_DIR / "glyphs.yaml")
     assert load_params(None, yaml.safe_load(p.to_yaml())) == p
+
+
+def test_readme_parameter_table_is_generated_from_params():
+    readme = (PARAMS_DIR.parent / "README.md").read_text()
+    section = readme.split("<!-- params:start -->\n")[1].split("\n<!-- params:end -->")[0]
+    assert section == params_markdown(), "regenerate the table: `ibdml params` into README.md"

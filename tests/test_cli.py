@@ -1,0 +1,35 @@
+"""The ibdml command: errors are one clear line and exit code 2; train + evaluate work."""
+
+import json
+from pathlib import Path
+
+from ibdml.cli import main
+
+SMOKE = str(Path(__file__).parent.parent / "params" / "smoke.yaml")
+
+
+def test_bad_parameter_is_one_clear_line(capsys, tmp_path):
+    assert main(["train", SMOKE, "-p", "n_c=99", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ibdml: error: parameter n_c: 99") and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing written for a bad parameter
+
+
+def test_train_then_evaluate(glyph_root, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["train", SMOKE, "-p", f"data_root={glyph_root}", "-p", "baselines=false",
+                 "--out", run]) == 0
+    assert main(["evaluate", run]) == 0
+    out = capsys.readouterr().out
+    assert "metrics.json" in out
+    assert "baselines" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+
+def test_evaluate_missing_run(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_params_table(capsys):
+    assert main(["params"]) == 0
+    assert "`mpn_layers`" in capsys.readouterr().out

@@ -1,0 +1,49 @@
+"""Evaluating a run: metrics.json keys and ranges, baselines, protocol labels, embeddings cache."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ibdml.config import load_params
+from ibdml.evaluation import evaluate_run
+from ibdml.train import train
+
+SMOKE = Path(__file__).parent.parent / "params" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained_run(glyph_root, tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    train(load_params(SMOKE, {"data_root": str(glyph_root)}), run, progress=False)
+    return run
+
+
+def check_metrics(m, ks=("1", "2", "4", "8")):
+    assert list(m["recall_at_k"]) == list(ks)
+    values = [m["recall_at_k"][k] for k in ks]
+    assert all(0 <= v <= 1 for v in values) and values == sorted(values)  # R@K grows with K
+    assert 0 <= m["map_at_r"] <= 1
+    assert m["nmi"] is None or 0 <= m["nmi"] <= 1
+
+
+def test_metrics_json(trained_run):
+    result = evaluate_run(trained_run, progress=False)
+    on_disk = json.loads((trained_run / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    check_metrics(on_disk)
+    assert on_disk["nmi"] is not None
+    assert on_disk["split"] == "test" and on_disk["epoch"] == 1
+    assert on_disk["protocol"].startswith("paper") and on_disk["optimistic"] is False
+    for name in ("raw_pixels", "untrained"):
+        check_metrics(on_disk["baselines"][name])
+    assert on_disk["params"]["dataset"] == "glyphs" and on_disk["environment"]["torch"]
+    cache = torch.load(trained_run / "embeddings" / "test.pt", weights_only=False)
+    assert cache["embeddings"].shape == (64, 64)  # 8 test classes × 8 images, 64-d
+    torch.testing.assert_close(cache["embeddings"].norm(dim=1), torch.ones(64))
+
+
+def test_untrained_run_is_a_clear_error(glyph_root, tmp_path):
+    with pytest.raises(Exception, match="not a run folder"):
+        evaluate_run(tmp_path)

@@ -1,0 +1,99 @@
+"""Training: a smoke run learns, resume is exact, a diverging loss stops cleanly, run folders
+never mix parameter sets."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import ibdml.train as train_module
+from ibdml.config import load_params
+from ibdml.runs import RunFolderError
+from ibdml.train import TrainingDiverged, train
+
+SMOKE = Path(__file__).parent.parent / "params" / "smoke.yaml"
+
+
+def smoke(glyph_root, **overrides):
+    return load_params(SMOKE, {"data_root": str(glyph_root), **overrides})
+
+
+def test_smoke_run_lowers_the_loss_and_writes_its_files(glyph_root, tmp_path):
+    p = smoke(glyph_root, epochs=4, eval_every=2)
+    summary = train(p, tmp_path / "run", progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert summary["epochs"] == 4 and [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert history[-1]["loss"]["total"] < history[0]["loss"]["total"]
+    assert set(history[0]["loss"]) == {"total", "backbone", "mpn"}
+    assert "test" not in history[0] and "test" in history[1]
+    assert 0 <= history[1]["test"]["recall_at_k"]["1"] <= 1
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    assert load_params(tmp_path / "run" / "params.yaml") == p
+    # a finished run returns at once when asked again
+    assert train(p, tmp_path / "run", progress=False)["epochs"] == 4
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+
+def test_two_epochs_equal_one_plus_resume(glyph_root, tmp_path, monkeypatch):
+    p = smoke(glyph_root, epochs=2)
+    train(p, tmp_path / "straight", progress=False)
+
+    real_epoch, calls = train_module.train_epoch, []
+
+    def interrupted(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kw)
+
+    monkeypatch.setattr(train_module, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(p, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
+    train(p, tmp_path / "resumed", progress=False)
+
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    history = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(glyph_root, tmp_path, monkeypatch):
+    p = smoke(glyph_root, epochs=2)
+    real_epoch, real_loss, epochs = train_module.train_epoch, train_module.intra_batch_loss, []
+
+    def counting(*args, **kw):
+        epochs.append(1)
+        return real_epoch(*args, **kw)
+
+    def poisoned(*args, **kw):  # finite in epoch 1, NaN from epoch 2 on
+        loss, parts = real_loss(*args, **kw)
+        return (loss * float("nan"), parts) if len(epochs) >= 2 else (loss, parts)
+
+    monkeypatch.setattr(train_module, "train_epoch", counting)
+    monkeypatch.setattr(train_module, "intra_batch_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="epoch 2.*last good checkpoint \\(epoch 1\\)"):
+        train(p, tmp_path / "run", progress=False)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_run_folder_refuses_other_parameters(glyph_root, tmp_path):
+    train(smoke(glyph_root), tmp_path / "run", progress=False)
+    with pytest.raises(RunFolderError, match="lr: 0.001 → 0.01"):
+        train(smoke(glyph_root, lr=0.01), tmp_path / "run", progress=False)
+
+
+def test_select_on_val_writes_best_checkpoint(glyph_root, tmp_path):
+    p = smoke(glyph_root, epochs=2, val_fraction=0.25, select_on="val", n_c=4)
+    history = train(p, tmp_path / "run", progress=False)["history"]
+    assert all("val" in row for row in history)
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)
+    assert best["best"] == max(r["val"]["recall_at_k"]["1"] for r in history)
