@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test clean-venv
+.PHONY: setup run test lab clean-venv
 
 setup: $(STAMP)
 
@@ -19,11 +19,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/ibdml train params/glyphs.yaml --out outputs/glyphs
-	$(BIN)/ibdml evaluate outputs/glyphs
+	$(BIN)/ibdml run params/glyphs.yaml --out outputs/glyphs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
 
 clean-venv:
 	rm -rf $(VENV)

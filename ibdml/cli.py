@@ -1,5 +1,6 @@
 """The `ibdml` command.
 
+    ibdml run PARAMS [-p key=value ...] [--out DIR] [--only NOTEBOOK ...] [--force]
     ibdml train PARAMS [-p key=value ...] [--out DIR] [--restart]
     ibdml evaluate RUN_DIR
     ibdml params            (the parameter table)
@@ -13,18 +14,28 @@ import sys
 from pathlib import Path
 
 from ibdml.backbone import WeightsError
-from ibdml.config import ParamError, load_params, params_markdown
+from ibdml.config import ParamError, load_params, params_markdown, parse_override
 from ibdml.data.folder import DatasetError
+from ibdml.pipeline import PipelineError
 from ibdml.runs import RunFolderError
 from ibdml.train import TrainingDiverged
 
 # Errors whose message already says what to do: print it, no traceback.
 USER_ERRORS = (ParamError, RunFolderError, DatasetError, WeightsError, TrainingDiverged,
-               FileNotFoundError)
+               FileNotFoundError, PipelineError)
 
 
 def default_run_dir(params_file: str) -> Path:
     return Path("outputs") / Path(params_file).stem
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from ibdml.pipeline import run_pipeline, stream_notebook_output
+
+    overrides = dict(parse_override(o) for o in args.override)
+    out = Path(args.out) if args.out else default_run_dir(args.params)
+    stream_notebook_output()
+    run_pipeline(args.params, out, overrides, only=args.only, force=args.force)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -50,6 +61,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ibdml", description="Intra-Batch Deep Metric Learning")
     sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="execute the notebook pipeline (train, evaluate, ...) "
+                       "into a run folder; resumes what is done")
+    r.add_argument("params", help="parameters YAML file, e.g. params/glyphs.yaml")
+    r.add_argument("-p", dest="override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter (repeatable), e.g. -p epochs=3")
+    r.add_argument("--out", help="run folder (default outputs/<params file name>)")
+    r.add_argument("--only", nargs="+", metavar="NOTEBOOK",
+                   help="run only these steps, e.g. --only 02_evaluate")
+    r.add_argument("--force", action="store_true", help="redo steps that are done")
+    r.set_defaults(func=cmd_run)
     t = sub.add_parser("train", help="train a run from a parameters file")
     t.add_argument("params", help="parameters YAML file, e.g. params/glyphs.yaml")
     t.add_argument("-p", dest="override", action="append", default=[], metavar="KEY=VALUE",

@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -117,3 +118,19 @@ def baselines(run_dir: Path, p: Params, splits: dict[str, Split], device: torch.
                                               device)}
     write_json(path, result)
     return result
+
+
+def retrieval_examples(run_dir: Path, queries: int = 8, k: int = 5, seed: int = 0
+                       ) -> tuple[list[Path], list[list[Path]], np.ndarray]:
+    """A few random test queries, the paths of their top-k neighbours from the cached test
+    embeddings (the query itself excluded by index), and whether each neighbour shares the
+    query's class ([Q, k] bool)."""
+    p = read_run_params(run_dir)
+    emb = torch.load(Path(run_dir) / "embeddings" / "test.pt", weights_only=False)["embeddings"]
+    split = load_splits(p, progress=False)["test"]
+    picked = np.random.default_rng(seed).choice(len(split), min(queries, len(split)), replace=False)
+    sims = emb[picked] @ emb.T  # [Q, N]
+    sims[np.arange(len(picked)), picked] = -torch.inf
+    idx = sims.topk(k, dim=1).indices.numpy()  # [Q, k]
+    return ([split.paths[i] for i in picked], [[split.paths[j] for j in row] for row in idx],
+            split.labels[idx] == split.labels[picked][:, None])

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import yaml
 
-from ibdml.config import Params, make_params
+from ibdml.config import Params, load_params, make_params
 
 
 class RunFolderError(ValueError):
@@ -87,6 +87,15 @@ def prepare_run_dir(run_dir: Path, p: Params) -> Path:
         return run_dir
     write_text(path, p.to_yaml())
     return run_dir
+
+
+def open_run(params_file: str | Path | None, run_dir: str | Path,
+             overrides: dict[str, Any] | None = None) -> Params:
+    """What every notebook does first: validate its parameters and claim the run folder.
+    A bad value raises ParamError naming it; another run's folder raises RunFolderError."""
+    p = load_params(params_file, overrides)
+    prepare_run_dir(Path(run_dir), p)
+    return p
 
 
 def resolve_device(name: str) -> torch.device:

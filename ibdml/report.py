@@ -1,0 +1,82 @@
+"""The run report: <run>/report.html, one self-contained page (plotly.js embedded once, images
+inlined) that a person can open without Jupyter. It is built from the run folder's files only,
+and shows a section for each step whose files exist."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from ibdml.runs import read_json, write_text
+from ibdml.viz import recall_table, training_curves
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;
+text-align:right}td:first-child,th:first-child{text-align:left}code{background:#f4f4f4;padding:1px 4px}
+.note{color:#555}"""
+
+
+def _markdown_table(md: str) -> str:
+    """The small markdown tables of viz.recall_table as HTML."""
+    rows = [line.strip("|").split("|") for line in md.splitlines() if not line.startswith("|---")]
+    head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>"
+                   for r in rows[1:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _figure(fig: go.Figure) -> str:
+    return fig.to_html(include_plotlyjs=False, full_html=False)
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+
+
+def _metrics_section(run: Path) -> str:
+    m = read_json(run / "metrics.json")
+    rows = {"trained backbone": m, **{f"baseline: {k.replace('_', ' ')}": v
+                                      for k, v in m.get("baselines", {}).items()}}
+    ks = [int(k) for k in m["recall_at_k"]]
+    out = [f"<h2>Test retrieval</h2><p>Protocol: <b>{html.escape(m['protocol'])}</b>, epoch "
+           f"{m['epoch']}, split {m['split']}, in percent.</p>",
+           _markdown_table(recall_table(rows, ks))]
+    gallery = run / "figures" / "retrieval_gallery.png"
+    if gallery.is_file():
+        out.append("<h3>Retrieval examples</h3><p class=note>Grey: query; green: same class; "
+                   "red: other class.</p>" + _image(gallery))
+    return "".join(out)
+
+
+def _files_section(run: Path) -> str:
+    links = [p.relative_to(run) for pattern in ("notebooks/*.ipynb", "*.json", "*.yaml",
+                                                "figures/*")
+             for p in sorted(run.glob(pattern)) if p.name != "plotly.min.js"]
+    items = "".join(f'<li><a href="{html.escape(str(p))}">{html.escape(str(p))}</a></li>'
+                    for p in links)
+    return f"<h2>Files</h2><ul>{items}</ul>"
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write <run>/report.html from whatever the run folder holds; returns its path."""
+    run = Path(run_dir)
+    params = (run / "params.yaml").read_text() if (run / "params.yaml").is_file() else ""
+    parts = [f"<h1>ibdml run: {html.escape(run.name)}</h1>"]
+    if (run / "history.json").is_file():
+        parts += ["<h2>Training</h2>", _figure(training_curves(read_json(run / "history.json")))]
+    if (run / "metrics.json").is_file():
+        parts.append(_metrics_section(run))
+    parts += [_files_section(run),
+              f"<h2>Parameters</h2><pre>{html.escape(params)}</pre>"]
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>ibdml {html.escape(run.name)}"
+            f"</title><style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
+            + "\n".join(parts) + "</body></html>")
+    path = run / "report.html"
+    write_text(path, page)
+    return path
+

@@ -1,0 +1,105 @@
+"""The notebook pipeline on smoke parameters: every notebook runs under papermill and writes its
+JSON files; a second run skips finished steps; a bad parameter stops at the first notebook with
+the parameter's message and leaves earlier outputs intact; notebooks keep one contract."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from ibdml.pipeline import CONTRACT, NOTEBOOKS, PipelineError, run_pipeline, steps
+from ibdml.report import build_report
+from ibdml.runs import RunFolderError
+
+SMOKE = Path(__file__).parent.parent / "params" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(glyph_root, tmp_path_factory):
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    logs: list[str] = []
+    state = run_pipeline(SMOKE, run, {"data_root": str(glyph_root)}, log=logs.append)
+    return run, state, logs
+
+
+def test_every_step_ran_and_wrote_its_files(pipeline_run):
+    run, state, _ = pipeline_run
+    assert [s.name for s in steps()][:2] == ["01_train", "02_evaluate"]
+    assert all(state[s.name]["status"] == "done" for s in steps())
+    history = json.loads((run / "history.json").read_text())
+    assert history[-1]["epoch"] == 1 and history[-1]["loss"]["total"] > 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["recall_at_k"]) == {"1", "2", "4", "8"}
+    assert all(0 <= v <= 1 for v in metrics["recall_at_k"].values())
+    assert 0 <= metrics["map_at_r"] <= 1 and 0 <= metrics["nmi"] <= 1
+    assert (run / "figures" / "training_curves.html").is_file()
+    assert (run / "figures" / "retrieval_gallery.png").stat().st_size > 1000
+    for s in steps():  # executed notebooks are kept, with their outputs
+        executed = nbformat.read(run / "notebooks" / f"{s.name}.ipynb", as_version=4)
+        assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+
+
+def test_second_run_skips_finished_steps(pipeline_run, glyph_root):
+    run, _, _ = pipeline_run
+    before = {p: p.stat().st_mtime_ns for p in (run / "notebooks").glob("*.ipynb")}
+    logs: list[str] = []
+    run_pipeline(SMOKE, run, {"data_root": str(glyph_root)}, log=logs.append)
+    assert len([line for line in logs if "skipped" in line]) == len(steps())
+    assert before == {p: p.stat().st_mtime_ns for p in (run / "notebooks").glob("*.ipynb")}
+
+
+def test_report_is_self_contained(pipeline_run):
+    run, _, _ = pipeline_run
+    page = build_report(run).read_text()
+    assert "<script>" in page and "<script src=" not in page  # plotly.js embedded, no CDN
+    assert "R@1" in page and "baseline: raw pixels" in page
+    assert 'href="notebooks/01_train.ipynb"' in page and 'href="metrics.json"' in page
+    assert "data:image/png;base64" in page  # the gallery is inlined
+
+
+def test_bad_parameter_stops_at_first_notebook_and_keeps_outputs(pipeline_run, glyph_root):
+    run, _, _ = pipeline_run
+    kept = {name: (run / name).read_bytes() for name in ("metrics.json", "history.json")}
+    with pytest.raises(PipelineError) as e:
+        run_pipeline(SMOKE, run, {"data_root": str(glyph_root), "n_c": 99}, force=True,
+                     log=lambda _: None)
+    message = str(e.value)
+    assert message.startswith("01_train failed in cell")
+    assert "ParamError" in message and "parameter n_c: 99" in message
+    assert kept == {name: (run / name).read_bytes() for name in kept}
+    failed = nbformat.read(run / "notebooks" / "01_train.ipynb", as_version=4)
+    assert failed.metadata.papermill.exception
+    state = json.loads((run / "pipeline.json").read_text())
+    assert state["01_train"]["status"] == "failed" and state["02_evaluate"]["status"] == "done"
+
+
+def test_other_parameters_never_share_a_run_folder(pipeline_run, glyph_root):
+    run, _, _ = pipeline_run
+    with pytest.raises(RunFolderError, match="epochs: 1 → 2"):
+        run_pipeline(SMOKE, run, {"data_root": str(glyph_root), "epochs": 2}, log=lambda _: None)
+
+
+def test_unknown_step(tmp_path):
+    with pytest.raises(PipelineError, match="no such notebook.*01_train"):
+        run_pipeline(SMOKE, tmp_path / "r", only=["99_nothing"], log=lambda _: None)
+
+
+@pytest.mark.parametrize("step", steps(), ids=lambda s: s.name)
+def test_notebook_contract_and_clean_commit(step):
+    assert list(papermill.inspect_notebook(str(step.source))) == list(CONTRACT)
+    nb = nbformat.read(step.source, as_version=4)
+    assert nb.metadata.kernelspec.name == "ibdml"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, "commit without outputs"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    first_code_after = nb.cells[nb.cells.index(tagged[0]) + 1:]
+    opening = next(c for c in first_code_after if c.cell_type == "code")
+    assert "open_run(params_file, run_dir, overrides)" in opening.source
+
+
+def test_notebooks_folder_is_found():
+    assert NOTEBOOKS.is_dir()
