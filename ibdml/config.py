@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 import yaml
 
@@ -114,6 +114,14 @@ class Params:
                         choices=("last", "val", "test"))
     nmi: bool = _p(True, "Compute NMI (seeded k-means, k = number of classes).")
     eval_batch_size: int = _p(256, "Batch size when embedding a split.", lo=1)
+    # --- MPN at inference (paper claim 2; METHOD_SPEC §8) ------------------------------------
+    mpn_inference_k: int = _p(30, "MPN at inference: k of the reciprocal k-NN lists (authors: "
+                              "30; the expansion uses k/2).", lo=2, hi=1000)
+    mpn_inference_batch: int = _p(7, "MPN at inference: nodes per neighbourhood graph, the "
+                                  "query included (authors: 7; In-Shop 4).", lo=2, hi=100)
+    mpn_inference_alpha: float = _p(2 / 3, "MPN at inference: a member's half-k reciprocal set "
+                                    "joins when more than this fraction of it is already in.",
+                                    lo=0.01, hi=1.0)
     baselines: bool = _p(True, "Also evaluate raw-pixel k-NN and the untrained network "
                          "(Glyphs), so a short run is read against both.")
 
@@ -187,6 +195,10 @@ def validate(p: Params) -> Params:
     if p.select_on == "val" and p.val_fraction == 0:
         raise ParamError("parameter select_on: 'val' needs a validation split; set "
                          "val_fraction (e.g. 0.2) or select_on: last")
+    if p.mpn_inference_batch > p.mpn_inference_k + 1:
+        raise ParamError(f"parameter mpn_inference_batch: {p.mpn_inference_batch} nodes cannot "
+                         f"come from k+1 = {p.mpn_inference_k + 1} neighbours; use "
+                         f"mpn_inference_batch ≤ {p.mpn_inference_k + 1} or a larger mpn_inference_k")
     if p.dataset == "glyphs":
         _check_glyph_split(p)
     return p

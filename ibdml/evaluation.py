@@ -120,17 +120,88 @@ def baselines(run_dir: Path, p: Params, splits: dict[str, Split], device: torch.
     return result
 
 
+def top_k_excluding_self(embeddings: torch.Tensor, queries: np.ndarray, k: int) -> np.ndarray:
+    """Indices [Q, k] of the k nearest rows of embeddings [N, D] for the query rows `queries` [Q],
+    the query itself excluded by index. A Q × N product: for a handful of queries."""
+    sims = embeddings[queries] @ embeddings.T  # [Q, N]
+    sims[np.arange(len(queries)), queries] = -torch.inf
+    return sims.topk(k, dim=1).indices.numpy()
+
+
 def retrieval_examples(run_dir: Path, queries: int = 8, k: int = 5, seed: int = 0
                        ) -> tuple[list[Path], list[list[Path]], np.ndarray]:
     """A few random test queries, the paths of their top-k neighbours from the cached test
-    embeddings (the query itself excluded by index), and whether each neighbour shares the
-    query's class ([Q, k] bool)."""
+    embeddings, and whether each neighbour shares the query's class ([Q, k] bool)."""
     p = read_run_params(run_dir)
     emb = torch.load(Path(run_dir) / "embeddings" / "test.pt", weights_only=False)["embeddings"]
     split = load_splits(p, progress=False)["test"]
     picked = np.random.default_rng(seed).choice(len(split), min(queries, len(split)), replace=False)
-    sims = emb[picked] @ emb.T  # [Q, N]
-    sims[np.arange(len(picked)), picked] = -torch.inf
-    idx = sims.topk(k, dim=1).indices.numpy()  # [Q, k]
+    idx = top_k_excluding_self(emb, picked, k)
     return ([split.paths[i] for i in picked], [[split.paths[j] for j in row] for row in idx],
             split.labels[idx] == split.labels[picked][:, None])
+
+
+def r1_transitions(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor) -> dict:
+    """How refinement moved each query's nearest neighbour: counts of R@1 hit/miss before
+    (backbone) → after (refined), e.g. {"miss→hit": 120, ...}."""
+    from ibdml.retrieval import nearest_neighbours
+
+    labels = torch.as_tensor(labels)
+    hits = [labels[nearest_neighbours(x, k=1, exclude_self=True)[1][:, 0]] == labels
+            for x in (before, after)]
+    name = {True: "hit", False: "miss"}
+    return {f"{name[a]}→{name[b]}": int(((hits[0] == a) & (hits[1] == b)).sum())
+            for a in (True, False) for b in (True, False)}
+
+
+def neighbourhood_examples(run_dir: Path, queries: int = 6, seed: int = 0
+                           ) -> tuple[list[Path], list[list[Path]], np.ndarray, list[list[str]]]:
+    """A few test queries with the other members of their MPN-at-inference neighbourhood: paths,
+    same-class flags [Q, batch−1], and captions "cosine before → after refinement"."""
+    p = read_run_params(run_dir)
+    split = load_splits(p, progress=False)["test"]
+    base = torch.load(Path(run_dir) / "embeddings" / "test.pt", weights_only=False)["embeddings"]
+    refined = torch.load(Path(run_dir) / "embeddings" / "test_refined.pt", weights_only=False)
+    picked = np.random.default_rng(seed).choice(len(split), min(queries, len(split)), replace=False)
+    members = refined["neighbourhoods"][picked][:, 1:]  # [Q, batch-1], row 0 is the query itself
+    sims = [(x[picked][:, None, :] * x[members]).sum(-1)  # [Q, 1, D] · [Q, batch-1, D] → [Q, batch-1]
+            for x in (base, refined["embeddings"])]
+    captions = [[f"{b:.2f}→{a:.2f}" for b, a in zip(rb, ra)] for rb, ra in zip(*sims)]
+    members = members.numpy()
+    return ([split.paths[i] for i in picked], [[split.paths[j] for j in row] for row in members],
+            split.labels[members] == split.labels[picked][:, None], captions)
+
+
+def evaluate_mpn_inference(run_dir: Path) -> dict:
+    """Claim 2 (METHOD_SPEC §8): refine every cached test embedding with the trained MPN on its
+    reciprocal k-NN neighbourhood, then evaluate the refined features exactly as the backbone's.
+    Writes mpn_inference.json ({without_mpn, with_mpn} with metrics.json's keys) and caches the
+    refined embeddings and neighbourhoods. A run without an MPN records with_mpn = null."""
+    from ibdml.inference import reciprocal_neighbourhoods, refine
+
+    run_dir, p = Path(run_dir), read_run_params(run_dir)
+    cache = torch.load(run_dir / "embeddings" / "test.pt", weights_only=False)
+    keys = ("recall_at_k", "map_at_r", "nmi")
+    without = {k: read_json(run_dir / "metrics.json")[k] for k in keys}
+    result = {"without_mpn": without, "with_mpn": None, "split": "test", "epoch": cache["epoch"],
+              "k": p.mpn_inference_k, "batch": p.mpn_inference_batch,
+              "alpha": p.mpn_inference_alpha,
+              "feature_space": "queries and references both in MPN-output space (refined)"}
+    if p.mpn_layers > 0:
+        model = build_model(p, load_splits(p, progress=False)["train"].num_classes)
+        model.load_state_dict(torch.load(selected_checkpoint(run_dir, p), map_location="cpu",
+                                          weights_only=False)["model"])
+        start = time.time()
+        hoods = reciprocal_neighbourhoods(cache["embeddings"], k=p.mpn_inference_k,
+                                          batch=p.mpn_inference_batch, alpha=p.mpn_inference_alpha)
+        built = time.time()
+        refined = refine(model.mpn, cache["embeddings"], hoods)
+        result["seconds"] = {"neighbourhoods": round(built - start, 2),
+                             "refinement": round(time.time() - built, 2)}
+        result["with_mpn"] = evaluate(refined, cache["labels"], p.recall_ks, nmi=p.nmi,
+                                      seed=p.seed)
+        result["r1_transitions"] = r1_transitions(cache["embeddings"], refined, cache["labels"])
+        save_torch(run_dir / "embeddings" / "test_refined.pt",
+                   {"embeddings": refined, "neighbourhoods": hoods, "epoch": cache["epoch"]})
+    write_json(run_dir / "mpn_inference.json", result)
+    return result

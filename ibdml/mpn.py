@@ -90,7 +90,7 @@ class BNNeckClassifier(nn.Module):
 @dataclass
 class MPNOutput:
     features: torch.Tensor  # [B, N, D or L·D] refined node features, pre-BN, not normalised
-    logits: torch.Tensor  # [B, N, C]
+    logits: torch.Tensor | None  # [B, N, C]; None when not asked for (MPN at inference)
     attention: torch.Tensor | None  # [L, B, H, N, N] when asked for, else None
 
 
@@ -106,15 +106,20 @@ class MessagePassingNetwork(nn.Module):
         self.concat_layers = concat_layers
         self.classifier = BNNeckClassifier(dim * layers if concat_layers else dim, num_classes)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False) -> MPNOutput:
-        """x [B, N, D]: B graphs of N nodes (L2-normalised embeddings)."""
+    def forward(self, x: torch.Tensor, return_attention: bool = False,
+                return_logits: bool = True) -> MPNOutput:
+        """x [B, N, D]: B graphs of N nodes (L2-normalised embeddings). MPN at inference needs
+        only the features: return_logits=False skips the classifier (on SOP, 11k classes, it
+        would cost more than the message passing itself)."""
         h, outputs, attentions = self.input_proj(x), [], []
         for layer in self.layers:
             h, attn = layer(h)
             outputs.append(h)
             attentions.append(attn)
         features = torch.cat(outputs, -1) if self.concat_layers else h
-        B, N, F_ = features.shape
-        logits = self.classifier(features.reshape(B * N, F_)).view(B, N, -1)  # BN over all nodes
+        logits = None
+        if return_logits:
+            B, N, F_ = features.shape
+            logits = self.classifier(features.reshape(B * N, F_)).view(B, N, -1)  # BN over all nodes
         attention = torch.stack(attentions) if return_attention else None  # [L, B, H, N, N]
         return MPNOutput(features, logits, attention)

@@ -53,6 +53,22 @@ def _metrics_section(run: Path) -> str:
     return "".join(out)
 
 
+def _mpn_inference_section(run: Path) -> str:
+    m = read_json(run / "mpn_inference.json")
+    if m["with_mpn"] is None:
+        return "<h2>MPN at inference</h2><p>This run has no MPN (mpn_layers: 0).</p>"
+    rows = {"backbone (MPN dropped)": m["without_mpn"], "MPN at inference": m["with_mpn"]}
+    ks = [int(k) for k in m["without_mpn"]["recall_at_k"]]
+    out = [f"<h2>MPN at inference</h2><p>Reciprocal k-NN graphs (k = {m['k']}, {m['batch']} "
+           f"nodes, α = {m['alpha']:.3f}); {html.escape(m['feature_space'])}.</p>",
+           _markdown_table(recall_table(rows, ks))]
+    figure = run / "figures" / "mpn_neighbourhoods.png"
+    if figure.is_file():
+        out.append("<p class=note>Neighbourhoods: cosine to the query, backbone → refined.</p>"
+                   + _image(figure))
+    return "".join(out)
+
+
 def _files_section(run: Path) -> str:
     links = [p.relative_to(run) for pattern in ("notebooks/*.ipynb", "*.json", "*.yaml",
                                                 "figures/*")
@@ -71,6 +87,8 @@ def build_report(run_dir: str | Path) -> Path:
         parts += ["<h2>Training</h2>", _figure(training_curves(read_json(run / "history.json")))]
     if (run / "metrics.json").is_file():
         parts.append(_metrics_section(run))
+    if (run / "mpn_inference.json").is_file():
+        parts.append(_mpn_inference_section(run))
     parts += [_files_section(run),
               f"<h2>Parameters</h2><pre>{html.escape(params)}</pre>"]
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>ibdml {html.escape(run.name)}"

@@ -47,3 +47,31 @@ def test_metrics_json(trained_run):
 def test_untrained_run_is_a_clear_error(glyph_root, tmp_path):
     with pytest.raises(Exception, match="not a run folder"):
         evaluate_run(tmp_path)
+
+
+def test_mpn_inference_without_an_mpn_records_null(glyph_root, tmp_path):
+    from ibdml.evaluation import evaluate_mpn_inference
+
+    p = load_params(SMOKE, {"data_root": str(glyph_root), "mpn_layers": 0,
+                            "loss_heads": "backbone", "baselines": False})
+    train(p, tmp_path / "run", progress=False)
+    evaluate_run(tmp_path / "run", progress=False)
+    result = evaluate_mpn_inference(tmp_path / "run")
+    assert result["with_mpn"] is None
+    on_disk = json.loads((tmp_path / "run" / "mpn_inference.json").read_text())
+    assert on_disk["without_mpn"]["recall_at_k"] == json.loads(
+        (tmp_path / "run" / "metrics.json").read_text())["recall_at_k"]
+
+
+def test_mpn_inference_refines_every_test_image(trained_run):
+    from ibdml.evaluation import evaluate_mpn_inference, neighbourhood_examples
+
+    evaluate_run(trained_run, progress=False)
+    result = evaluate_mpn_inference(trained_run)
+    assert sum(result["r1_transitions"].values()) == 64
+    refined = torch.load(trained_run / "embeddings" / "test_refined.pt", weights_only=False)
+    assert refined["embeddings"].shape == (64, 64) and refined["neighbourhoods"].shape == (64, 7)
+    assert (refined["neighbourhoods"][:, 0] == torch.arange(64)).all()  # row 0 is the query
+    queries, members, correct, captions = neighbourhood_examples(trained_run, queries=3)
+    assert len(queries) == 3 and len(members[0]) == 6 and correct.shape == (3, 6)
+    assert "→" in captions[0][0]

@@ -74,3 +74,12 @@ def test_bn_neck_bias_frozen_and_classifier_init():
     assert not mpn.classifier.bn.bias.requires_grad
     assert mpn.classifier.fc.bias is None
     assert mpn.classifier.fc.weight.std() < 0.01
+
+
+def test_features_without_logits_are_the_same():
+    mpn = make_mpn()
+    x = torch.randn(3, 5, 32)
+    with torch.no_grad():
+        full, bare = mpn(x), mpn(x, return_logits=False)
+    assert bare.logits is None
+    torch.testing.assert_close(full.features, bare.features)

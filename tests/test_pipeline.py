@@ -26,7 +26,7 @@ def pipeline_run(glyph_root, tmp_path_factory):
 
 def test_every_step_ran_and_wrote_its_files(pipeline_run):
     run, state, _ = pipeline_run
-    assert [s.name for s in steps()][:2] == ["01_train", "02_evaluate"]
+    assert [s.name for s in steps()][:3] == ["01_train", "02_evaluate", "03_mpn_inference"]
     assert all(state[s.name]["status"] == "done" for s in steps())
     history = json.loads((run / "history.json").read_text())
     assert history[-1]["epoch"] == 1 and history[-1]["loss"]["total"] > 0
@@ -34,6 +34,12 @@ def test_every_step_ran_and_wrote_its_files(pipeline_run):
     assert set(metrics["recall_at_k"]) == {"1", "2", "4", "8"}
     assert all(0 <= v <= 1 for v in metrics["recall_at_k"].values())
     assert 0 <= metrics["map_at_r"] <= 1 and 0 <= metrics["nmi"] <= 1
+    mpn = json.loads((run / "mpn_inference.json").read_text())
+    assert mpn["without_mpn"] == {k: metrics[k] for k in ("recall_at_k", "map_at_r", "nmi")}
+    assert set(mpn["with_mpn"]) == {"recall_at_k", "map_at_r", "nmi"}
+    assert all(0 <= v <= 1 for v in mpn["with_mpn"]["recall_at_k"].values())
+    assert sum(mpn["r1_transitions"].values()) == 64  # every test image once
+    assert (run / "figures" / "mpn_neighbourhoods.png").is_file()
     assert (run / "figures" / "training_curves.html").is_file()
     assert (run / "figures" / "retrieval_gallery.png").stat().st_size > 1000
     for s in steps():  # executed notebooks are kept, with their outputs
@@ -57,6 +63,7 @@ def test_report_is_self_contained(pipeline_run):
     assert "R@1" in page and "baseline: raw pixels" in page
     assert 'href="notebooks/01_train.ipynb"' in page and 'href="metrics.json"' in page
     assert "data:image/png;base64" in page  # the gallery is inlined
+    assert "MPN at inference" in page
 
 
 def test_bad_parameter_stops_at_first_notebook_and_keeps_outputs(pipeline_run, glyph_root):
