@@ -38,19 +38,25 @@ def _image(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
 
 
+def _recall_html(rows: dict[str, dict]) -> str:
+    """The paper-format recall table of named metrics dicts, with their own K set."""
+    ks = [int(k) for k in next(iter(rows.values()))["recall_at_k"]]
+    return _markdown_table(recall_table(rows, ks))
+
+
+def _image_if_present(path: Path, caption: str) -> str:
+    return f"<p class=note>{caption}</p>" + _image(path) if path.is_file() else ""
+
+
 def _metrics_section(run: Path) -> str:
     m = read_json(run / "metrics.json")
     rows = {"trained backbone": m, **{f"baseline: {k.replace('_', ' ')}": v
                                       for k, v in m.get("baselines", {}).items()}}
-    ks = [int(k) for k in m["recall_at_k"]]
-    out = [f"<h2>Test retrieval</h2><p>Protocol: <b>{html.escape(m['protocol'])}</b>, epoch "
-           f"{m['epoch']}, split {m['split']}, in percent.</p>",
-           _markdown_table(recall_table(rows, ks))]
-    gallery = run / "figures" / "retrieval_gallery.png"
-    if gallery.is_file():
-        out.append("<h3>Retrieval examples</h3><p class=note>Grey: query; green: same class; "
-                   "red: other class.</p>" + _image(gallery))
-    return "".join(out)
+    return (f"<h2>Test retrieval</h2><p>Protocol: <b>{html.escape(m['protocol'])}</b>, epoch "
+            f"{m['epoch']}, split {m['split']}, in percent.</p>" + _recall_html(rows)
+            + _image_if_present(run / "figures" / "retrieval_gallery.png",
+                                "Retrieval examples. Grey: query; green: same class; red: other "
+                                "class."))
 
 
 def _mpn_inference_section(run: Path) -> str:
@@ -58,15 +64,11 @@ def _mpn_inference_section(run: Path) -> str:
     if m["with_mpn"] is None:
         return "<h2>MPN at inference</h2><p>This run has no MPN (mpn_layers: 0).</p>"
     rows = {"backbone (MPN dropped)": m["without_mpn"], "MPN at inference": m["with_mpn"]}
-    ks = [int(k) for k in m["without_mpn"]["recall_at_k"]]
-    out = [f"<h2>MPN at inference</h2><p>Reciprocal k-NN graphs (k = {m['k']}, {m['batch']} "
-           f"nodes, α = {m['alpha']:.3f}); {html.escape(m['feature_space'])}.</p>",
-           _markdown_table(recall_table(rows, ks))]
-    figure = run / "figures" / "mpn_neighbourhoods.png"
-    if figure.is_file():
-        out.append("<p class=note>Neighbourhoods: cosine to the query, backbone → refined.</p>"
-                   + _image(figure))
-    return "".join(out)
+    return (f"<h2>MPN at inference</h2><p>Reciprocal k-NN graphs (k = {m['k']}, {m['batch']} "
+            f"nodes, α = {m['alpha']:.3f}); {html.escape(m['feature_space'])}.</p>"
+            + _recall_html(rows)
+            + _image_if_present(run / "figures" / "mpn_neighbourhoods.png",
+                                "Neighbourhoods: cosine to the query, backbone → refined."))
 
 
 def _files_section(run: Path) -> str:
