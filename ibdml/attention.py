@@ -142,6 +142,16 @@ def epoch_numbers(attention_by_epoch: AttentionRecord) -> list[int]:
     return list(range(len(attention_by_epoch)))
 
 
+def spread_epochs(recorded: Sequence[int], at_most: int = 5) -> list[int]:
+    """All recorded epochs if few, else `at_most` spread evenly, always the first and the last.
+    Example: 0 … 8, at_most 5 → [0, 2, 4, 6, 8]."""
+    recorded = list(recorded)
+    if len(recorded) <= at_most:
+        return recorded
+    picks = {round(i * (len(recorded) - 1) / (at_most - 1)) for i in range(at_most)}
+    return [recorded[i] for i in sorted(picks)]
+
+
 def attention_at(attention_by_epoch: AttentionRecord, epoch: int) -> torch.Tensor:
     """The checked [L, P, H, N, N] record of one epoch (an epoch number, not a position)."""
     if epoch not in epoch_numbers(attention_by_epoch):
@@ -154,6 +164,27 @@ def attention_at(attention_by_epoch: AttentionRecord, epoch: int) -> torch.Tenso
         raise ValueError(f"epoch {epoch}: attention must be [layers, probes, heads, N, N], got "
                          f"{tuple(a.shape)}")
     return a
+
+
+def target_groups(labels: Any, node: int) -> dict[str, list[int]]:
+    """labels [N] → the targets of `node`'s row in reading order: {"itself": [node], "same class":
+    its class, "other class": the rest in class order}. Example: labels [2, 0, 1, 0, 2, 1],
+    node 2 → {"itself": [2], "same class": [5], "other class": [1, 3, 0, 4]}."""
+    y = torch.as_tensor(labels).tolist()
+    same = [j for j in range(len(y)) if y[j] == y[node] and j != node]
+    other = sorted((j for j in range(len(y)) if y[j] != y[node]), key=lambda j: (y[j], j))
+    return {"itself": [node], "same class": same, "other class": other}
+
+
+def class_sorted(attn: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """One batch's attention [N, N] and labels [N] → (renormalised rows with sources and targets
+    sorted by class [N, N], the order (sorted position → node) [N], the sorted positions where a
+    class starts). Stable: within a class, nodes keep their batch order."""
+    y = torch.as_tensor(labels)
+    order = torch.argsort(y, stable=True)
+    ys = y[order].tolist()
+    starts = [0] + [k for k in range(1, len(ys)) if ys[k] != ys[k - 1]]
+    return distribution(attn)[order][:, order], order, starts
 
 
 def node_metrics(attn: torch.Tensor, labels: torch.Tensor, null_key_treatment: Treatment,

@@ -107,6 +107,10 @@ class Params:
     device: str = _p("auto", "auto = CUDA when present, else CPU.",
                      choices=("auto", "cpu", "cuda"))
     num_workers: int = _p(-1, "DataLoader workers; -1 = sized from the machine.", lo=-1, hi=64)
+    # --- attention over training (paper claim 3; METHOD_SPEC §13) ---------------------------
+    attention_probes: int = _p(4, "Probe batches (n_c × n_s, training classes) whose MPN "
+                               "attention is recorded before training and after every epoch; "
+                               "0 = none.", lo=0, hi=64)
     # --- evaluation and model selection -----------------------------------------------------
     eval_every: int = _p(1, "Evaluate every this many epochs (0 = only at the end).", lo=0)
     select_on: str = _p("last", "Which epoch's weights the run reports: the last, the best on "

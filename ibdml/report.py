@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from ibdml.runs import read_json, write_text
-from ibdml.viz import recall_table, training_curves
+from ibdml.viz import (kl_curves, recall_table, same_class_curves, training_curves,
+                       verdict_table)
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;
@@ -21,11 +23,13 @@ text-align:right}td:first-child,th:first-child{text-align:left}code{background:#
 
 
 def _markdown_table(md: str) -> str:
-    """The small markdown tables of viz.recall_table as HTML."""
+    """The small markdown tables of viz (recall_table, verdict_table) as HTML."""
     rows = [line.strip("|").split("|") for line in md.splitlines() if not line.startswith("|---")]
-    head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>"
-                   for r in rows[1:])
+    def cell(text: str) -> str:  # **bold** is the only markdown the tables use
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text.strip()))
+
+    head = "".join(f"<th>{cell(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -71,6 +75,30 @@ def _mpn_inference_section(run: Path) -> str:
                                 "Neighbourhoods: cosine to the query, backbone → refined."))
 
 
+def _attention_section(run: Path) -> str:
+    """Claim 3: the verdicts, the two curves (interactive, from the summary) and the example node
+    and heatmap (the notebook's PNGs)."""
+    a = read_json(run / "attention_summary.json")
+    if not a["recorded"]:
+        return f"<h2>Attention over training</h2><p>{html.escape(a['reason'])}.</p>"
+    c, ex, figures = a["claim"], a["example"], run / "figures"
+    return ("<h2>Attention over training</h2>"
+            f"<p>{a['summary']['probes']} probe batches of {a['summary']['nodes']} nodes, epochs "
+            f"{a['epochs'][0]}–{a['epochs'][-1]}, rows renormalised over the real nodes (null "
+            f"mass reported apart). Of {c['heads']} heads, {c['above_chance']} attend to their "
+            f"own class above chance at the end, {c['kl_increased']} moved away from uniform, "
+            f"{c['near_uniform']} stay near uniform and {c['collapsed']} collapsed.</p>"
+            + _markdown_table(verdict_table(a["verdicts_start"], a["verdicts"]))
+            + _figure(kl_curves(a["summary"])) + _figure(same_class_curves(a["summary"]))
+            + _image_if_present(figures / "attention_node.png",
+                                f"Node {ex['node']} (class {html.escape(str(ex['class_name']))}), "
+                                f"layer {ex['layer']}, head {ex['head']}: its attention over "
+                                "training (a typical node: the median of its batch).")
+            + _image_if_present(figures / "attention_heatmap.png",
+                                "The probe batch's attention at the last epoch, sorted by "
+                                "class."))
+
+
 def _files_section(run: Path) -> str:
     links = [p.relative_to(run) for pattern in ("notebooks/*.ipynb", "*.json", "*.yaml",
                                                 "figures/*")
@@ -91,6 +119,8 @@ def build_report(run_dir: str | Path) -> Path:
         parts.append(_metrics_section(run))
     if (run / "mpn_inference.json").is_file():
         parts.append(_mpn_inference_section(run))
+    if (run / "attention_summary.json").is_file():
+        parts.append(_attention_section(run))
     parts += [_files_section(run),
               f"<h2>Parameters</h2><pre>{html.escape(params)}</pre>"]
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>ibdml {html.escape(run.name)}"

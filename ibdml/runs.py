@@ -5,6 +5,7 @@
     <run>/history.json       one row per epoch
     <run>/metrics.json       the evaluation of the selected checkpoint
     <run>/embeddings/        cached test embeddings
+    <run>/attention/         the MPN's attention on probe batches over training (probes.py)
 
 Every file is written atomically (temporary file + rename), so an interrupted run never leaves a
 half-written file behind that a later step would trust.
@@ -44,8 +45,12 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(Path(path), lambda f: f.write(data))
+
+
 def write_text(path: Path, text: str) -> None:
-    _atomic(Path(path), lambda f: f.write(text.encode()))
+    write_bytes(path, text.encode())
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -58,6 +63,10 @@ def read_json(path: Path) -> Any:
 
 def save_torch(path: Path, obj: Any) -> None:
     _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    _atomic(Path(path), lambda f: np.save(f, array))
 
 
 def params_path(run_dir: Path) -> Path:

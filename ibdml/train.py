@@ -4,7 +4,8 @@ RAdam with decoupled weight decay, a MultiStep learning-rate schedule, label-smo
 cross-entropy on the backbone and MPN heads. After every epoch the state needed to continue
 (model, optimiser, scheduler, sampler, RNG states) is checkpointed atomically and a row is
 appended to history.json, so `train(..., resume=True)` continues an interrupted run exactly:
-training 2 epochs equals training 1 and resuming for 1.
+training 2 epochs equals training 1 and resuming for 1. Before training and after every epoch the
+MPN's attention on fixed probe batches is recorded into <run>/attention/ (probes.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from ibdml.data.transforms import train_transform
 from ibdml.evaluation import evaluate_split, worker_count
 from ibdml.losses import intra_batch_loss
 from ibdml.model import IntraBatchModel, build_model
+from ibdml.probes import (Probes, epoch_file, make_probes, record_epoch, records_attention,
+                          write_probe_info)
 from ibdml.runs import (prepare_run_dir, read_json, resolve_device, rng_state, save_torch,
                         seed_everything, set_rng_state, write_json)
 
@@ -129,6 +132,7 @@ def train(p: Params, run_dir: str | Path, *, resume: bool = True, progress: bool
         history = _resume(t, run_dir)
     loader = DataLoader(ImageDataset(train_split, train_transform(p)), batch_sampler=t.sampler,
                         num_workers=worker_count(p, device), pin_memory=device.type == "cuda")
+    probes = _start_recording(t, train_split, p, run_dir, device)
     while t.epoch < p.epochs:
         start = time.time()
         losses = train_epoch(t, loader, p, device, progress)
@@ -141,12 +145,28 @@ def train(p: Params, run_dir: str | Path, *, resume: bool = True, progress: bool
         due = p.eval_every and t.epoch % p.eval_every == 0 or t.epoch == p.epochs
         if due:
             row.update(_evaluate(t, splits, p, device))
+        if probes is not None:  # before the checkpoint: a checkpointed epoch has its record
+            row["attention_seconds"] = round(record_epoch(t.model, probes, run_dir, t.epoch,
+                                                          device), 3)
         _checkpoint(t, row, run_dir, p)
         history.append(row)
         write_json(run_dir / "history.json", history)
         if progress:
             tqdm.write(_describe(row))
     return {"run_dir": str(run_dir), "epochs": t.epoch, "history": history}
+
+
+def _start_recording(t: Trainer, split: Split, p: Params, run_dir: Path,
+                     device: torch.device) -> Probes | None:
+    """Draw the probe batches and record the current epoch's attention (epoch 0: before
+    training) unless it is on disk already; None when the run records no attention."""
+    if not records_attention(p):
+        return None
+    probes = make_probes(split, p)
+    write_probe_info(run_dir, probes, split, p)
+    if not epoch_file(run_dir, t.epoch).is_file():
+        record_epoch(t.model, probes, run_dir, t.epoch, device)
+    return probes
 
 
 def _checkpoint(t: Trainer, row: dict, run_dir: Path, p: Params) -> None:

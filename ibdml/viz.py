@@ -16,8 +16,9 @@ import torch
 from plotly.subplots import make_subplots
 from PIL import Image, ImageDraw, ImageOps
 
-from ibdml.attention import (AttentionRecord, attention_at, distribution, epoch_numbers,
-                             null_mass)
+from ibdml.attention import (AttentionRecord, attention_at, class_sorted, distribution,
+                             epoch_numbers, null_mass, spread_epochs,
+                             target_groups)
 from ibdml.runs import write_text
 
 CORRECT, WRONG = (40, 170, 80), (220, 50, 50)
@@ -153,14 +154,6 @@ def same_class_curves(summary: dict) -> go.Figure:
     return fig.update_yaxes(range=[0, 1.02])
 
 
-def _shown_epochs(recorded: list[int], at_most: int = 5) -> list[int]:
-    """All recorded epochs if few, else `at_most` spread evenly, always the first and the last."""
-    if len(recorded) <= at_most:
-        return recorded
-    return [recorded[i] for i in sorted({round(x) for x in np.linspace(0, len(recorded) - 1,
-                                                                        at_most)})]
-
-
 def node_attention_bars(attention_by_epoch: AttentionRecord, labels: torch.Tensor | np.ndarray, *,
                         layer: int, head: int, probe: int, node: int,
                         epochs: Sequence[int] | None = None) -> go.Figure:
@@ -169,13 +162,11 @@ def node_attention_bars(attention_by_epoch: AttentionRecord, labels: torch.Tenso
     renormalised row (METHOD_SPEC §13), targets ordered: itself (hatched), its class (green), then
     the other classes in class order (blue-grey); the grey dashed line is uniform, 1/N. Each panel
     title gives the row's null mass and same-class share."""
-    shown = list(epochs) if epochs is not None else _shown_epochs(epoch_numbers(attention_by_epoch))
+    shown = list(epochs) if epochs is not None else spread_epochs(epoch_numbers(attention_by_epoch))
     y = torch.as_tensor(labels)[probe]  # [N]
     n = y.shape[0]
-    same = (y == y[node]).tolist()
-    order = sorted(range(n), key=lambda j: (j != node, not same[j], int(y[j]), j))
-    kinds = {"itself": [node], "same class": [j for j in order if same[j] and j != node],
-             "other class": [j for j in order if not same[j]]}
+    kinds = target_groups(y, node)
+    order = [j for targets in kinds.values() for j in targets]
     rows = [attention_at(attention_by_epoch, e)[layer, probe, head, node] for e in shown]  # [N]
     titles = [f"epoch {e}: null mass {float(null_mass(r)):.2f}, same class "
               f"{float(distribution(r)[y == y[node]].sum()):.2f}" for e, r in zip(shown, rows)]
@@ -209,16 +200,14 @@ def attention_heatmap(attention_by_epoch: AttentionRecord, labels: torch.Tensor 
     the raw α and the row's null mass."""
     a = attention_at(attention_by_epoch, epoch)[layer, probe, head]  # [N, N]
     y = torch.as_tensor(labels)[probe]
-    order = torch.argsort(y, stable=True)
-    p, raw, null, ys = (distribution(a)[order][:, order], a[order][:, order], null_mass(a)[order],
-                        y[order].tolist())
+    p, order, starts = class_sorted(a, y)
+    raw, null, ys = a[order][:, order], null_mass(a)[order], y[order].tolist()
     n = len(ys)
     text = [[f"source {int(order[i])} (class {ys[i]}) → target {int(order[j])} (class {ys[j]})<br>"
              f"weight {float(p[i, j]):.3f} (α {float(raw[i, j]):.3f}; row null mass "
              f"{float(null[i]):.2f})" for j in range(n)] for i in range(n)]
     fig = go.Figure(go.Heatmap(z=p.tolist(), text=text, hovertemplate="%{text}<extra></extra>",
                                colorscale="Viridis", zmin=0, colorbar_title="weight"))
-    starts = [0] + [k for k in range(1, n) if ys[k] != ys[k - 1]]
     for k in starts[1:]:
         fig.add_vline(x=k - 0.5, line_color="white", line_width=1.5)
         fig.add_hline(y=k - 0.5, line_color="white", line_width=1.5)
@@ -231,3 +220,40 @@ def attention_heatmap(attention_by_epoch: AttentionRecord, labels: torch.Tensor 
     return fig.update_layout(title=f"attention, epoch {epoch}, layer {layer}, head {head}, probe "
                                    f"{probe} (rows renormalised)", height=560, width=640,
                              margin=dict(t=60, b=50, l=80, r=20))
+
+
+def save_attention_figures(run_dir: Path, by_epoch: AttentionRecord, labels: torch.Tensor | np.ndarray,
+                           summary: dict, *, layer: int, head: int, probe: int,
+                           node: int) -> dict[str, tuple[Path, Path]]:
+    """The four attention figures of a run, each as interactive HTML (plotly) and static PNG
+    (matplotlib, `ibdml.static_figures`), in <run>/figures/attention_*.{html,png}; the heatmap
+    shows the last recorded epoch. Returns {name: (html, png)}."""
+    from ibdml import static_figures as static
+
+    out, last = Path(run_dir) / "figures", epoch_numbers(by_epoch)[-1]
+    view = dict(layer=layer, head=head, probe=probe)
+    figures = {
+        "kl": (kl_curves(summary), lambda path: static.head_curves_png(summary, "kl", path)),
+        "same_class": (same_class_curves(summary),
+                       lambda path: static.head_curves_png(summary, "same_class", path)),
+        "node": (node_attention_bars(by_epoch, labels, node=node, **view),
+                 lambda path: static.node_bars_png(by_epoch, labels, path, node=node, **view)),
+        "heatmap": (attention_heatmap(by_epoch, labels, epoch=last, **view),
+                    lambda path: static.heatmap_png(by_epoch, labels, path, epoch=last, **view)),
+    }
+    return {name: (save_figure(fig, out / f"attention_{name}.html"),
+                   png(out / f"attention_{name}.png")) for name, (fig, png) in figures.items()}
+
+
+def verdict_table(start: dict, end: dict) -> str:
+    """Markdown: each layer/head's edge-case verdict (`attention.edge_case_verdicts`) before
+    training and at the end, with its KL, effective nodes and same-class mass against chance."""
+    lines = [f"| layer · head | epoch {start['epoch']} | epoch {end['epoch']} | KL (share of log N) "
+             "| effective nodes | same-class mass (chance) |", "|---|---|---|---|---|---|"]
+    for s, e in zip(start["heads"], end["heads"]):
+        lines.append(f"| {e['layer']} · {e['head']} | {s['verdict']} | **{e['verdict']}** | "
+                     f"{s['kl']:.3f} → {e['kl']:.3f} ({e['kl_fraction']:.0%}) | "
+                     f"{s['effective_nodes']:.1f} → {e['effective_nodes']:.1f} | "
+                     f"{s['same_class']:.3f} → {e['same_class']:.3f} "
+                     f"({e['same_class_uniform']:.3f}) |")
+    return "\n".join(lines)

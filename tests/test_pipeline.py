@@ -26,7 +26,8 @@ def pipeline_run(glyph_root, tmp_path_factory):
 
 def test_every_step_ran_and_wrote_its_files(pipeline_run):
     run, state, _ = pipeline_run
-    assert [s.name for s in steps()][:3] == ["01_train", "02_evaluate", "03_mpn_inference"]
+    assert [s.name for s in steps()][:4] == ["01_train", "02_evaluate", "03_mpn_inference",
+                                             "04_attention_evolution"]
     assert all(state[s.name]["status"] == "done" for s in steps())
     history = json.loads((run / "history.json").read_text())
     assert history[-1]["epoch"] == 1 and history[-1]["loss"]["total"] > 0
@@ -42,6 +43,12 @@ def test_every_step_ran_and_wrote_its_files(pipeline_run):
     assert (run / "figures" / "mpn_neighbourhoods.png").is_file()
     assert (run / "figures" / "training_curves.html").is_file()
     assert (run / "figures" / "retrieval_gallery.png").stat().st_size > 1000
+    attention = json.loads((run / "attention_summary.json").read_text())
+    assert attention["recorded"] and attention["epochs"] == [0, 1]
+    assert len(attention["verdicts"]["heads"]) == 2  # 1 layer × 2 heads
+    for name in ("kl", "same_class", "node", "heatmap"):
+        assert (run / "figures" / f"attention_{name}.html").is_file()
+        assert (run / "figures" / f"attention_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for s in steps():  # executed notebooks are kept, with their outputs
         executed = nbformat.read(run / "notebooks" / f"{s.name}.ipynb", as_version=4)
         assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
@@ -64,6 +71,7 @@ def test_report_is_self_contained(pipeline_run):
     assert 'href="notebooks/01_train.ipynb"' in page and 'href="metrics.json"' in page
     assert "data:image/png;base64" in page  # the gallery is inlined
     assert "MPN at inference" in page
+    assert "Attention over training" in page and "<b>" in page  # the verdicts, bold
 
 
 def test_bad_parameter_stops_at_first_notebook_and_keeps_outputs(pipeline_run, glyph_root):

@@ -38,23 +38,10 @@ def _weights(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
 
 
-def test_two_epochs_equal_one_plus_resume(glyph_root, tmp_path, monkeypatch):
+def test_two_epochs_equal_one_plus_resume(glyph_root, tmp_path, interrupted_then_resumed):
     p = smoke(glyph_root, epochs=2)
     train(p, tmp_path / "straight", progress=False)
-
-    real_epoch, calls = train_module.train_epoch, []
-
-    def interrupted(*args, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kw)
-
-    monkeypatch.setattr(train_module, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(p, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
-    train(p, tmp_path / "resumed", progress=False)
+    interrupted_then_resumed(p, tmp_path / "resumed")
 
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert a.keys() == b.keys()

@@ -88,3 +88,14 @@ def test_attention_heatmap_is_sorted_by_class_with_boundaries_and_hover(record):
     assert heat.text[0][2].startswith("source 1 (class 0) → target 2 (class 1)")
     assert list(fig.layout.xaxis.ticktext) == ["class 0", "class 1", "class 2"]
     fig.to_json()
+
+
+def test_verdict_table_one_row_per_head_first_and_last_epoch(record):
+    from ibdml.attention import edge_case_verdicts
+    from ibdml.viz import verdict_table
+
+    s = summarise(*record)
+    table = verdict_table(edge_case_verdicts(s, epoch=0), edge_case_verdicts(s))
+    lines = table.splitlines()
+    assert lines[0].startswith("| layer · head | epoch 0 | epoch 2 |")
+    assert len(lines) == 2 + L * H and lines[2].startswith("| 0 · 0 |")
