@@ -172,21 +172,26 @@ def node_attention_bars(attention_by_epoch: AttentionRecord, labels: torch.Tenso
               f"{float(distribution(r)[y == y[node]].sum()):.2f}" for e, r in zip(shown, rows)]
     fig = make_subplots(rows=len(shown), cols=1, shared_xaxes=True, subplot_titles=titles,
                         vertical_spacing=min(0.08, 0.3 / len(shown)))
+    position = {j: i for i, j in enumerate(order)}  # x = position: no category state to go stale
     for panel, row in enumerate(rows, start=1):
         p = distribution(row)
         for kind, targets in kinds.items():
-            fig.add_bar(x=[str(j) for j in targets], y=p[targets].tolist(), name=kind,
+            fig.add_bar(x=[position[j] for j in targets], y=p[targets].tolist(), name=kind,
                         legendgroup=kind, showlegend=panel == 1, row=panel, col=1,
                         marker=dict(color=OTHER_CLASS if kind == "other class" else SAME_CLASS,
                                     pattern_shape="/" if kind == "itself" else "",
                                     line=dict(color="black", width=1.5 if kind == "itself" else 0)),
-                        customdata=[int(y[j]) for j in targets],
-                        hovertemplate="target %{x} (class %{customdata}): %{y:.3f}<extra></extra>")
+                        customdata=[[j, int(y[j])] for j in targets],
+                        hovertemplate="target %{customdata[0]} (class %{customdata[1]}): "
+                                      "%{y:.3f}<extra></extra>")
     fig.add_hline(y=1 / n, line_dash="dash", line_color=REFERENCE, row="all", col=1)
-    fig.update_xaxes(categoryorder="array", categoryarray=[str(j) for j in order])
+    fig.update_xaxes(tickmode="array", tickvals=list(range(n)), ticktext=[str(j) for j in order],
+                     range=[-0.5, n - 0.5])
     fig.update_xaxes(title_text="target node (itself, its class, then the other classes)",
                      row=len(shown), col=1)
-    fig.update_yaxes(matches="y", title_text="weight")
+    top = max(max(float(distribution(r).max()) for r in rows), 1 / n)
+    # an explicit range: the same scale in every panel, and nothing left to a widget's autorange
+    fig.update_yaxes(matches="y", title_text="weight", range=[0, 1.1 * top])
     return fig.update_layout(
         title=f"node {node} (class {int(y[node])}), layer {layer}, head {head}, probe {probe}: its "
               "attention over the batch; grey dashed = uniform 1/N", barmode="overlay",

@@ -54,13 +54,15 @@ def test_node_attention_bars_one_panel_per_epoch_n_bars_each(record):
     for e in range(E):
         bars = [t for t in fig.data if t.yaxis == ("y" if e == 0 else f"y{e + 1}")]
         assert sum(len(t.x) for t in bars) == N
-        by_kind = {t.name: list(t.x) for t in bars}
-        assert by_kind == {"itself": ["2"], "same class": ["5"],
-                           "other class": ["1", "3", "0", "4"]}  # other classes in class order
-        weights = {int(j): w for t in bars for j, w in zip(t.x, t.y)}
+        by_kind = {t.name: [c[0] for c in t.customdata] for t in bars}
+        assert by_kind == {"itself": [2], "same class": [5],
+                           "other class": [1, 3, 0, 4]}  # other classes in class order
+        assert [x for t in bars for x in t.x] == list(range(N))  # drawn in that order
+        weights = {c[0]: w for t in bars for c, w in zip(t.customdata, t.y)}
         expected = distribution(attn[e, 1, probe, 0, node])
         assert [weights[j] for j in range(N)] == pytest.approx(expected.tolist())
     assert hline_ys(fig) == pytest.approx([1 / N] * E)
+    assert list(fig.layout.xaxis.ticktext) == ["2", "5", "1", "3", "0", "4"]
     assert sum(t.showlegend is not False for t in fig.data) == 3  # one legend entry per kind
 
 
