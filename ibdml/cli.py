@@ -3,6 +3,7 @@
     ibdml run PARAMS [-p key=value ...] [--out DIR] [--only NOTEBOOK ...] [--force]
     ibdml train PARAMS [-p key=value ...] [--out DIR] [--restart]
     ibdml evaluate RUN_DIR
+    ibdml check-data DATASET ROOT [--no-verify]   (exit 0: ready; 1: problems found)
     ibdml params            (the parameter table)
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ibdml.backbone import WeightsError
 from ibdml.config import ParamError, load_params, params_markdown, parse_override
+from ibdml.data.benchmarks import BENCHMARKS, check_benchmark
 from ibdml.data.folder import DatasetError
 from ibdml.pipeline import PipelineError
 from ibdml.runs import RunFolderError
@@ -58,6 +60,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    report = check_benchmark(args.dataset, Path(args.root), verify_images=not args.no_verify)
+    print(report.text())
+    return 0 if report.ok else 1
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ibdml", description="Intra-Batch Deep Metric Learning")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -82,6 +90,13 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a trained run; writes metrics.json")
     e.add_argument("run_dir")
     e.set_defaults(func=cmd_evaluate)
+    c = sub.add_parser("check-data", help="check a benchmark copy against its official layout "
+                       "and counts; exit 1 when anything is wrong")
+    c.add_argument("dataset", choices=BENCHMARKS, help="which benchmark layout to expect")
+    c.add_argument("root", help="the dataset folder, e.g. ~/data/CUB_200_2011")
+    c.add_argument("--no-verify", action="store_true",
+                   help="do not open every image (faster; missing files are still found)")
+    c.set_defaults(func=cmd_check_data)
     sub.add_parser("params", help="print the parameter table").set_defaults(
         func=lambda a: print(params_markdown()))
     return ap
@@ -90,14 +105,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)  # commands return None (success) or an exit code
     except USER_ERRORS as e:
         print(f"ibdml: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ibdml: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

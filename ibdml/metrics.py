@@ -10,6 +10,8 @@ Conventions (METHOD_SPEC Part 1, rows "Recall@K", "NMI", "extra metric"; §7):
   K nearest neighbours. (pytorch-metric-learning calls Recall@1 "precision_at_1".)
 - MAP@R is Musgrave et al. 2020 ("A Metric Learning Reality Check", §3.2).
 - NMI is arithmetic NMI of seeded k-means clusters with k = number of classes (§7.4).
+- In-Shop searches queries against a separate gallery (§7.3): `query_gallery_recall_at_k`,
+  `query_gallery_map_at_r`, and `evaluate_query_gallery` with `evaluate`'s keys.
 """
 
 from __future__ import annotations
@@ -157,9 +159,122 @@ def evaluate(embeddings, labels, ks: Sequence[int], nmi: bool = True, seed: int 
     return result
 
 
+def query_gallery_recall_at_k(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
+                              ks: Sequence[int], *, chunk_size: int = 1024) -> dict[str, float]:
+    """In-Shop Recall@K: queries searched against a separate gallery (METHOD_SPEC §7.3).
+
+    Similarity is cosine (rows are divided by their norms here). A query is a hit at K when its
+    best same-label gallery image is beaten by fewer than K gallery images of other labels; that
+    is "a same-item image within the top K", with ties between the best positive and a negative
+    resolved in the positive's favour, exactly the authors' rule. There is no self-exclusion:
+    query and gallery are disjoint image sets.
+
+    Args:
+        query_embeddings: [Nq, D] floats, gallery_embeddings: [Ng, D] (torch or numpy); a zero or
+            non-finite row is an error (its cosine is undefined).
+        query_labels: [Nq], gallery_labels: [Ng]: item ids, compared by value across the two sets
+            (In-Shop's reader labels an item the same in query and gallery).
+        ks: the K values, each 1 ≤ K ≤ Ng; In-Shop uses 1, 10, 20, 30, 40, 50.
+        chunk_size: query rows per similarity block; memory is O(chunk_size · Ng).
+
+    Returns:
+        {str(k): fraction in [0, 1]} in the order of ks. A query whose item has no gallery image
+        counts as a miss at every K (it stays in the denominator), as in the authors' code, where
+        its threshold is the max over an empty set.
+
+    Example: query 0 (item a) has two gallery images of a, at cosine 0.8 and 0, and one image of
+    b at 1.0 above them: a hit from K = 2. Query 1 (item a) has a's image at 1.0 first: a hit at
+    K = 1. Query 2 (item c) has no gallery image: a miss.
+        >>> q = [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]
+        >>> g = [[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]
+        >>> query_gallery_recall_at_k(q, ["a", "a", "c"], g, ["b", "a", "a"], ks=[1, 2])
+        {'1': 0.3333333333333333, '2': 0.6666666666666666}
+    """
+    q, g = _cosine_rows(query_embeddings, "query"), _cosine_rows(gallery_embeddings, "gallery")
+    q_ids, g_ids = _shared_label_ids(query_labels, gallery_labels, len(q), len(g))
+    _check_same_width(q, g)
+    ks = _checked_ks(ks, len(g))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}.")
+    q_ids, g_ids = torch.from_numpy(q_ids).to(q.device), torch.from_numpy(g_ids).to(q.device)
+    beaten_by = torch.empty(len(q), dtype=torch.int64, device=q.device)  # [Nq]
+    for start in range(0, len(q), chunk_size):
+        stop = min(start + chunk_size, len(q))
+        sims = q[start:stop] @ g.T  # [c, Ng]
+        same = q_ids[start:stop, None] == g_ids[None, :]  # [c, Ng]
+        best_positive = sims.masked_fill(~same, float("-inf")).amax(dim=1)  # [c], -inf if none
+        beaten_by[start:stop] = ((sims > best_positive[:, None]) & ~same).sum(dim=1)
+    has_positive = torch.isin(q_ids, g_ids)  # [Nq]
+    return {str(k): float((has_positive & (beaten_by < k)).double().mean()) for k in ks}
+
+
+def query_gallery_map_at_r(query_embeddings, query_labels, gallery_embeddings,
+                           gallery_labels) -> float:
+    """MAP@R of queries searched against a separate gallery (In-Shop; Musgrave et al. 2020).
+
+    As `map_at_r`, with R_i = the number of gallery images with query i's label and the ranking
+    by cosine similarity over the gallery (no self-exclusion: query and gallery are disjoint).
+
+    Args:
+        query_embeddings: [Nq, D], gallery_embeddings: [Ng, D]; zero or non-finite rows are errors.
+        query_labels: [Nq], gallery_labels: [Ng]: item ids, compared by value.
+
+    Returns:
+        The mean AP@R over queries whose item has at least one gallery image; queries without
+        one (R_i = 0) are left out of the mean, as in `map_at_r`; nan when no query has one.
+        The order among exactly tied similarities is unspecified (unlike the recall above).
+
+    Example: query 0 (item a, R = 2) ranks the gallery b, a, a: AP = (1/2)(1/2) = 1/4. Query 1
+    (item a) ranks a first, then a: AP = 1. Query 2 (item c, R = 0) is left out. MAP@R = 5/8:
+        >>> q = [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]
+        >>> g = [[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]
+        >>> query_gallery_map_at_r(q, ["a", "a", "c"], g, ["b", "a", "a"])
+        0.625
+    """
+    q, g = _cosine_rows(query_embeddings, "query"), _cosine_rows(gallery_embeddings, "gallery")
+    q_ids, g_ids = _shared_label_ids(query_labels, gallery_labels, len(q), len(g))
+    _check_same_width(q, g)
+    relevant_counts = np.bincount(g_ids, minlength=int(q_ids.max()) + 1)[q_ids]  # [Nq] R_i
+    if relevant_counts.max() == 0:
+        return float("nan")
+    _, neighbours = nearest_neighbours(q, g, k=int(relevant_counts.max()))  # [Nq, max R]
+    return map_at_r(g_ids[neighbours.cpu().numpy()], q_ids, relevant_counts)
+
+
 # ---------------------------------------------------------------------------------------------
 # Input handling
 # ---------------------------------------------------------------------------------------------
+
+
+def evaluate_query_gallery(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
+                           ks: Sequence[int], nmi: bool = True, seed: int = 0) -> dict:
+    """`evaluate`'s keys for a query → gallery benchmark (In-Shop, METHOD_SPEC §7.3).
+
+    Args:
+        query_embeddings [Nq, D], gallery_embeddings [Ng, D]: L2-normalised rows.
+        query_labels [Nq], gallery_labels [Ng]: item ids, compared by value across the two.
+        ks: Recall@K values (In-Shop: 1, 10, 20, 30, 40, 50).
+        nmi: NMI of seeded k-means (k = distinct items) over query and gallery together; the
+            authors compute none for In-Shop. Only meaningful when both sides share one feature
+            space (not for refined queries against backbone gallery features).
+
+    Returns:
+        {"recall_at_k": query_gallery_recall_at_k, "map_at_r": query_gallery_map_at_r,
+         "nmi": float | None}.
+    """
+    result = {
+        "recall_at_k": query_gallery_recall_at_k(query_embeddings, query_labels,
+                                                 gallery_embeddings, gallery_labels, ks),
+        "map_at_r": query_gallery_map_at_r(query_embeddings, query_labels, gallery_embeddings,
+                                           gallery_labels),
+        "nmi": None,
+    }
+    if nmi:
+        x = torch.cat([_unit_rows(query_embeddings), _unit_rows(gallery_embeddings)])  # [Nq+Ng, D]
+        y = np.concatenate([_as_numpy(query_labels).ravel(), _as_numpy(gallery_labels).ravel()])
+        clusters = kmeans(x, len(np.unique(y)), seed=seed)
+        result["nmi"] = normalized_mutual_information(clusters, y)
+    return result
 
 
 def _as_numpy(values) -> np.ndarray:
@@ -203,3 +318,39 @@ def _unit_rows(embeddings) -> torch.Tensor:
             "torch.nn.functional.normalize(embeddings, dim=1)."
         )
     return x
+
+
+def _cosine_rows(embeddings, name: str) -> torch.Tensor:
+    """[N, D] float32 rows divided by their norms; zero and non-finite rows are errors."""
+    # Torch inputs stay on their device (the similarity blocks are computed there).
+    x = (embeddings.detach() if isinstance(embeddings, torch.Tensor)
+         else torch.as_tensor(np.asarray(embeddings)))
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"{name}_embeddings must be [N, D] with N ≥ 1, got shape "
+                         f"{tuple(x.shape)}.")
+    x = x.to(torch.float32)
+    norms = torch.linalg.vector_norm(x, dim=1)  # [N]
+    bad = ~torch.isfinite(norms) | (norms == 0)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).ravel()[:5].tolist()
+        raise ValueError(f"{name}_embeddings has {int(bad.sum())} zero or non-finite rows (e.g. "
+                         f"rows {rows}): cosine similarity is undefined for them.")
+    return x / norms[:, None]
+
+
+def _check_same_width(queries: torch.Tensor, gallery: torch.Tensor) -> None:
+    if queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"query embeddings are {queries.shape[1]}-d but gallery embeddings are "
+                         f"{gallery.shape[1]}-d: embed both with the same model.")
+
+
+def _shared_label_ids(query_labels, gallery_labels, n_query: int,
+                      n_gallery: int) -> tuple[np.ndarray, np.ndarray]:
+    """Query and gallery labels as int64 ids into their joint sorted set of values."""
+    q, g = _as_numpy(query_labels).ravel(), _as_numpy(gallery_labels).ravel()
+    if len(q) != n_query or len(g) != n_gallery:
+        raise ValueError(f"{n_query} query embeddings with {len(q)} labels and {n_gallery} "
+                         f"gallery embeddings with {len(g)} labels: give one label per row.")
+    _, ids = np.unique(np.concatenate([q, g]), return_inverse=True)
+    ids = ids.astype(np.int64).ravel()
+    return ids[:n_query], ids[n_query:]

@@ -214,3 +214,90 @@ def test_evaluate_argument_errors():
         evaluate(x, np.zeros(9), ks=(1,))
     with pytest.raises(ValueError, match="Recall@10 asked for, but each query has only 9"):
         evaluate(x, np.zeros(10), ks=(1, 10))
+
+
+# --- query/gallery (In-Shop) ---------------------------------------------------------------------
+
+qg_recall, qg_map = metrics.query_gallery_recall_at_k, metrics.query_gallery_map_at_r
+
+
+def at_angles(degrees) -> torch.Tensor:
+    radians = torch.tensor(degrees, dtype=torch.float64).deg2rad()
+    return torch.stack([radians.cos(), radians.sin()], dim=1).float()
+
+
+# Gallery on the unit circle: item A at 0° and 20° (two images), B at 10° and 90°, C at 30°.
+# Queries: q0 (A, 12°) sees B at 10° first, then A at 20°: first hit at rank 2.
+#          q1 (B, 85°) sees B at 90° first. q3 (C, 28°) sees C at 30° first.
+#          q2 (D, 31°): item D has no gallery image, a miss at every K.
+GALLERY = at_angles([0, 10, 20, 30, 90])
+GALLERY_ITEMS = ["A", "B", "A", "C", "B"]
+QUERIES = at_angles([12, 85, 31, 28])
+QUERY_ITEMS = ["A", "B", "D", "C"]
+
+
+def test_query_gallery_recall_by_hand():
+    got = qg_recall(QUERIES, QUERY_ITEMS, GALLERY, GALLERY_ITEMS, ks=[1, 2, 5])
+    # R@1: q1, q3 → 2/4. R@2 adds q0 → 3/4. q2 stays a miss even at K = Ng = 5 (denominator 4).
+    assert got == {"1": 0.5, "2": 0.75, "5": 0.75}
+    assert all(type(v) is float for v in got.values())
+
+
+def test_query_gallery_recall_is_cosine_and_chunk_free():
+    scaled = QUERIES * torch.tensor([[3.0], [0.5], [7.0], [2.0]])  # norms do not matter
+    want = qg_recall(QUERIES, QUERY_ITEMS, GALLERY, GALLERY_ITEMS, ks=[1, 2])
+    assert qg_recall(scaled.numpy(), np.array(QUERY_ITEMS), GALLERY * 4, GALLERY_ITEMS,
+                     ks=[1, 2], chunk_size=1) == want
+
+
+def test_query_gallery_recall_ties_favour_the_positive():
+    # The same-item image and a different item's image are equally similar: a hit at K = 1,
+    # whichever order a sort would put them in (the authors' "fewer than K better negatives").
+    q, g = [[1.0, 0.0]], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    assert qg_recall(q, [7], g, [3, 7, 7], ks=[1]) == {"1": 1.0}
+    assert qg_recall(q, [7], g, [7, 3, 3], ks=[1]) == {"1": 1.0}
+
+
+def naive_query_gallery_ranks(queries, gallery, gallery_labels):
+    """Per query, by a loop: the gallery labels in descending cosine order."""
+    q = torch.nn.functional.normalize(queries, dim=1)
+    g = torch.nn.functional.normalize(gallery, dim=1)
+    order = (q @ g.T).argsort(dim=1, descending=True).numpy()
+    return [np.asarray(gallery_labels)[row] for row in order]
+
+
+def test_query_gallery_recall_and_map_match_a_naive_loop():
+    rng = np.random.default_rng(4)
+    q, g = unit_rows(120, dim=8, seed=10), unit_rows(90, dim=8, seed=11)
+    q_labels, g_labels = rng.integers(0, 40, 120), rng.integers(0, 35, 90)  # 35-39: no gallery
+    ranked = naive_query_gallery_ranks(q, g, g_labels)
+    first_hit = [np.flatnonzero(row == y)[0] if (row == y).any() else np.inf
+                 for row, y in zip(ranked, q_labels)]
+    got = qg_recall(q, q_labels, g, g_labels, ks=(1, 10, 20, 30, 40, 50), chunk_size=7)
+    assert got == {str(k): pytest.approx(np.mean(np.array(first_hit) < k))
+                   for k in (1, 10, 20, 30, 40, 50)}
+    counts = np.array([(g_labels == y).sum() for y in q_labels])
+    assert (counts == 0).any() and (counts > 1).any()  # both edge cases occur
+    want = naive_map_at_r([row[:max(c, 1)] for row, c in zip(ranked, counts)], q_labels, counts)
+    assert qg_map(q, q_labels, g, g_labels) == pytest.approx(want, abs=1e-12)
+
+
+def test_query_gallery_map_at_r_by_hand():
+    # q0 (A, R = 2) ranks B, A: AP = P(2)/2 = 1/4. q1 (B, R = 2) ranks B, C: AP = 1/2.
+    # q3 (C, R = 1): AP = 1. q2 (D, R = 0) is left out. MAP@R = (1/4 + 1/2 + 1) / 3 = 7/12.
+    got = qg_map(QUERIES, QUERY_ITEMS, GALLERY, GALLERY_ITEMS)
+    assert got == pytest.approx(7 / 12, abs=1e-12)
+    assert math.isnan(qg_map(QUERIES[:1], ["Z"], GALLERY, GALLERY_ITEMS))
+
+
+def test_query_gallery_argument_errors():
+    with pytest.raises(ValueError, match="Recall@6 asked for, but each query has only 5"):
+        qg_recall(QUERIES, QUERY_ITEMS, GALLERY, GALLERY_ITEMS, ks=[1, 6])
+    zero = QUERIES.clone()
+    zero[2] = 0
+    with pytest.raises(ValueError, match=r"query_embeddings has 1 zero or non-finite rows .*\[2\]"):
+        qg_recall(zero, QUERY_ITEMS, GALLERY, GALLERY_ITEMS, ks=[1])
+    with pytest.raises(ValueError, match="query embeddings are 3-d but gallery embeddings are 2-d"):
+        qg_map(torch.ones(4, 3), QUERY_ITEMS, GALLERY, GALLERY_ITEMS)
+    with pytest.raises(ValueError, match="4 query embeddings with 3 labels"):
+        qg_recall(QUERIES, QUERY_ITEMS[:3], GALLERY, GALLERY_ITEMS, ks=[1])
