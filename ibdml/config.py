@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
-DATASETS = ("glyphs",)
+# glyphs is rendered by ibdml; the paper's four benchmarks are read from the folders their
+# owners distribute (data/benchmarks.py), which users bring themselves.
+DATASETS = ("glyphs", "cub200", "cars196", "sop", "inshop")
 # Recall@K sets of the paper's tables (METHOD_SPEC §7.2, §7.3); Glyphs uses the CUB/Cars set.
 RECALL_KS = {
     "glyphs": (1, 2, 4, 8),
@@ -45,12 +47,16 @@ class Params:
     # --- data -------------------------------------------------------------------------------
     dataset: str = _p("glyphs", "Dataset to train and evaluate on.", choices=DATASETS)
     data_root: str = _p("~/.cache/ibdml/glyphs",
-                        "Dataset folder (Glyphs: where its rendered cache lives).")
+                        "Dataset folder: the benchmark's root in its official layout (check it "
+                        "with `ibdml check-data`); Glyphs: where its rendered cache lives.")
     glyph_classes: int = _p(200, "Glyphs: number of character classes.", lo=4, hi=600)
     glyph_train_classes: int = _p(100, "Glyphs: the first this many classes train, the rest test.",
                                   lo=2, hi=598)
     glyph_images_per_class: int = _p(40, "Glyphs: rendered images per class.", lo=2, hi=1000)
     glyph_seed: int = _p(0, "Glyphs: seed of the rendering (the dataset itself).", lo=0)
+    official_counts: bool = _p(True, "Benchmarks: refuse a copy whose classes or images differ "
+                               "from the official counts (false: train on a subset; its numbers "
+                               "are not the paper's).")
     val_fraction: float = _p(0.0, "Fraction of the training classes held out (class-disjoint) "
                              "as a validation split; 0 = none.", lo=0.0, hi=0.5)
     image_size: int = _p(32, "Side of the square network input in pixels (paper: 227).",
@@ -107,6 +113,8 @@ class Params:
     device: str = _p("auto", "auto = CUDA when present, else CPU.",
                      choices=("auto", "cpu", "cuda"))
     num_workers: int = _p(-1, "DataLoader workers; -1 = sized from the machine.", lo=-1, hi=64)
+    amp: bool = _p(True, "On a GPU: bf16 autocast, with the attention softmax and the losses in "
+                   "fp32 (no effect on the CPU, which always runs fp32).")
     # --- attention over training (paper claim 3; METHOD_SPEC §13) ---------------------------
     attention_probes: int = _p(4, "Probe batches (n_c × n_s, training classes) whose MPN "
                                "attention is recorded before training and after every epoch; "
@@ -126,6 +134,10 @@ class Params:
     mpn_inference_alpha: float = _p(2 / 3, "MPN at inference: a member's half-k reciprocal set "
                                     "joins when more than this fraction of it is already in.",
                                     lo=0.01, hi=1.0)
+    mpn_inference_gallery_space: str = _p("backbone", "MPN at inference on In-Shop: compare "
+                                          "refined queries with backbone gallery features "
+                                          "(authors) or with a gallery refined on its own "
+                                          "neighbourhoods.", choices=("backbone", "refined"))
     baselines: bool = _p(True, "Also evaluate raw-pixel k-NN and the untrained network "
                          "(Glyphs), so a short run is read against both.")
 

@@ -21,10 +21,10 @@ from ibdml.mpn import MessagePassingNetwork
 
 @dataclass
 class ModelOutput:
-    embedding: torch.Tensor  # [N, D] L2-normalised backbone embedding
-    backbone_logits: torch.Tensor  # [N, C] aux classifier
-    mpn_logits: torch.Tensor | None  # [N, C], None when the MPN did not run
-    attention: torch.Tensor | None  # [L, H, N, N] when asked for
+    embedding: torch.Tensor  # [N, D] L2-normalised backbone embedding, fp32
+    backbone_logits: torch.Tensor  # [N, C] aux classifier (bf16 under autocast)
+    mpn_logits: torch.Tensor | None  # [N, C], None when the MPN did not run (bf16 under autocast)
+    attention: torch.Tensor | None  # [L, H, N, N] fp32, when asked for
 
 
 class IntraBatchModel(nn.Module):
@@ -35,6 +35,9 @@ class IntraBatchModel(nn.Module):
     def forward(self, images: torch.Tensor, *, run_mpn: bool = True,
                 return_attention: bool = False) -> ModelOutput:
         embedding, backbone_logits = self.backbone(images)
+        # fp32 under any autocast: CUDA autocast already normalises in fp32, CPU autocast would
+        # leave bf16. Without autocast the embedding is fp32 and .float() returns it unchanged.
+        embedding = embedding.float()
         if self.mpn is None or not run_mpn:
             return ModelOutput(embedding, backbone_logits, None, None)
         out = self.mpn(embedding[None], return_attention)  # the batch is one graph: [1, N, D]

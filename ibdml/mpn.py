@@ -6,6 +6,10 @@ Each layer is a post-LN transformer encoder layer over the nodes of a graph:
 Attention is computed densely and explicitly (N ≤ ~100 nodes), so every forward can hand back its
 weights [layers, heads, N, N] without hooks. Inputs are batches of graphs [B, N, D]: training uses
 one graph (the mini-batch), MPN at inference many small ones.
+
+Under bf16 autocast (training on a GPU, accel.py) the projections and products run in bf16, the
+LayerNorms in fp32 (autocast's own rule), and the attention softmax in fp32 (`attention_weights`),
+so the weights handed back are fp32 whatever the autocast.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ class BNNeckClassifier(nn.Module):
 class MPNOutput:
     features: torch.Tensor  # [B, N, D or L·D] refined node features, pre-BN, not normalised
     logits: torch.Tensor | None  # [B, N, C]; None when not asked for (MPN at inference)
-    attention: torch.Tensor | None  # [L, B, H, N, N] when asked for, else None
+    attention: torch.Tensor | None  # [L, B, H, N, N] fp32 when asked for, else None
 
 
 class MessagePassingNetwork(nn.Module):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ibdml.accel import autocast, bf16_override
 from ibdml.attention import Treatment, edge_case_verdicts, same_class_mass, summarise
 from ibdml.config import Params
 from ibdml.data.folder import ImageDataset, Split
@@ -44,6 +45,7 @@ class Probes:
     images: torch.Tensor  # [P, N, 3, S, S] eval-transformed, loaded once per run
     labels: torch.Tensor  # [P, N] training-class labels
     indices: np.ndarray  # [P, N] positions in the train split
+    bf16: bool | None = None  # accel.autocast's switch: the precision training runs in (amp)
 
 
 def draw_probe_indices(labels: np.ndarray, n_c: int, n_s: int, count: int,
@@ -76,7 +78,8 @@ def make_probes(split: Split, p: Params) -> Probes:
     data = ImageDataset(split, eval_transform(p))
     images = torch.stack([data[int(i)][0] for i in indices.ravel()])  # [P·N, 3, S, S]
     images = images.view(*indices.shape, *images.shape[1:])  # [P, N, 3, S, S]
-    return Probes(images, torch.as_tensor(split.labels[indices]), indices)
+    return Probes(images, torch.as_tensor(split.labels[indices]), indices,
+                  bf16_override(p))
 
 
 @torch.no_grad()
@@ -91,9 +94,10 @@ def record_attention(model: IntraBatchModel, probes: Probes, device: torch.devic
     model.eval()
     P, N = probes.labels.shape
     flat = probes.images.flatten(0, 1)  # [P·N, 3, S, S]
-    embedding = torch.cat([model.backbone(flat[i:i + chunk].to(device))[0]
-                           for i in range(0, len(flat), chunk)])  # [P·N, D]
-    out = model.mpn(embedding.view(P, N, -1), return_attention=True, return_logits=False)
+    with autocast(device, probes.bf16):  # as in training: bf16 on CUDA when amp, softmax fp32
+        embedding = torch.cat([model.backbone(flat[i:i + chunk].to(device))[0].float()
+                               for i in range(0, len(flat), chunk)])  # [P·N, D]
+        out = model.mpn(embedding.view(P, N, -1), return_attention=True, return_logits=False)
     return out.attention.float().cpu()  # [L, P, H, N, N]
 
 

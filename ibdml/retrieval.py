@@ -11,6 +11,11 @@ Decisions (METHOD_SPEC Part 1, rows "Recall@K" and "NMI"; §14 "kNN at evaluatio
 - Memory stays O(chunk · N + N · k): the authors' N×N distance matrix needs ~15 GB on SOP.
 - faiss is optional and imported lazily (a missing or broken faiss must not break `import ibdml`;
   FIELD_NOTES B.2); the torch backend needs nothing else.
+- On a machine with a GPU the search runs there (§14), whatever device the inputs are on:
+  faiss-gpu when it is installed and sees a GPU (`faiss.get_num_gpus() > 0`: faiss-gpu imports on
+  CPU-only machines too) and k ≤ 2048, otherwise the torch backend on the GPU. Results come back
+  on the queries' device. Without a GPU nothing changes. The GPU products are exact float32 as
+  long as TF32 matmuls stay off (PyTorch's default; `inference.py` relies on it).
 
 Only torch tensors on the way out; inputs may be torch tensors or numpy arrays.
 """
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from ibdml.accel import search_device
 
 BACKENDS = ("auto", "faiss", "torch")
 # faiss-gpu's k-selection stops at k = 2048 (faiss#2103); larger searches stay on the CPU index.
@@ -68,8 +75,9 @@ def nearest_neighbours(
         exclude_self: only with reference=None: remove each query's own row BY INDEX, so an exact
             duplicate of the query stays in the list and the query itself never does.
         backend: 'faiss' (IndexFlatIP), 'torch' (chunked products + topk, no faiss needed), or
-            'auto': torch for CUDA tensors and for a symmetric self-search (below), otherwise
-            faiss when importable, otherwise torch.
+            'auto': with a GPU, faiss-gpu when usable, else torch on the GPU; without one,
+            torch for a symmetric self-search (below), otherwise faiss when importable,
+            otherwise torch. Either backend runs on a GPU when there is one (module docstring).
         chunk_size: query rows per block for the torch backend; memory is O(chunk_size · Nr).
 
     Returns:
@@ -101,14 +109,20 @@ def nearest_neighbours(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}.")
     symmetric = reference is None and _symmetric_pays_off(len(queries), k, chunk_size)
-    backend = _resolve_backend(backend, queries.device, prefer_torch=symmetric)
+    k_search = k + int(exclude_self)
+    backend = _resolve_backend(backend, queries.device, k_search, prefer_torch=symmetric)
 
     if backend == "faiss":
         return _search_faiss(queries, reference, k, exclude_self)
+    home, device = queries.device, search_device(queries.device)  # the GPU when there is one
+    queries = queries.to(device)
+    reference = None if reference is None else reference.to(device)
     if symmetric:
-        return _search_self_symmetric(queries, k, exclude_self, chunk_size)
-    reference = queries if reference is None else reference
-    return _search_torch(queries, reference, k, exclude_self, chunk_size)
+        sims, idx = _search_self_symmetric(queries, k, exclude_self, chunk_size)
+    else:
+        reference = queries if reference is None else reference
+        sims, idx = _search_torch(queries, reference, k, exclude_self, chunk_size)
+    return sims.to(home), idx.to(home)
 
 
 def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, niter: int = 20) -> torch.Tensor:
@@ -221,7 +235,8 @@ def _check_k(k: int, n_reference: int, exclude_self: bool) -> None:
         )
 
 
-def _resolve_backend(backend: str, device: torch.device, prefer_torch: bool) -> str:
+def _resolve_backend(backend: str, device: torch.device, k_search: int,
+                     prefer_torch: bool) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
     if backend == "faiss" and not faiss_available():
@@ -230,9 +245,12 @@ def _resolve_backend(backend: str, device: torch.device, prefer_torch: bool) -> 
             "both), or use backend='torch' (exact too, no extra package)."
         )
     if backend == "auto":
-        # On a GPU the chunked torch search is fast and stays on the tensors' device (§14); a
-        # symmetric self-search beats faiss's full X Xᵀ on CPU too.
-        use_torch = device.type == "cuda" or prefer_torch or not faiss_available()
+        if _faiss_gpu_usable(k_search):
+            return "faiss"
+        # On a GPU the chunked torch search takes seconds even for SOP (§14); on the CPU a
+        # symmetric self-search beats faiss's full X Xᵀ.
+        use_torch = (search_device(device).type == "cuda" or prefer_torch
+                     or not faiss_available())
         return "torch" if use_torch else "faiss"
     return backend
 
@@ -255,9 +273,11 @@ def _search_faiss(
     reference = queries if reference is None else reference
     k_search = k + int(exclude_self)
     index = faiss.IndexFlatIP(queries.shape[1])
-    if _faiss_gpu_usable(faiss, queries.device, k_search):
+    if _faiss_gpu_usable(k_search):
         resources = faiss.StandardGpuResources()  # must outlive the index: kept in this frame
-        index = faiss.index_cpu_to_gpu(resources, queries.device.index or 0, index)
+        # Pinned to the GPU torch uses, not spread over every GPU (FIELD_NOTES B.2, PML#292).
+        gpu = search_device(queries.device)
+        index = faiss.index_cpu_to_gpu(resources, gpu.index or 0, index)
     index.add(reference.cpu().numpy())
     sims, idx = index.search(queries.cpu().numpy(), k_search)
     sims, idx = torch.from_numpy(sims), torch.from_numpy(idx).to(torch.int64)
@@ -266,11 +286,15 @@ def _search_faiss(
     return sims.to(queries.device), idx.to(queries.device)
 
 
-def _faiss_gpu_usable(faiss, device: torch.device, k: int) -> bool:
-    """Only for CUDA tensors and a faiss that really sees a GPU: faiss-gpu imports on CPU-only
-    machines but cannot make a GPU index there (DESIGN "Environment facts"). Untested here."""
-    if device.type != "cuda" or k > _FAISS_GPU_MAX_K:
+def _faiss_gpu_usable(k: int) -> bool:
+    """faiss-gpu is importable and really sees a GPU, and k is within its k-selection limit.
+    faiss-gpu imports on CPU-only machines but cannot make a GPU index there (DESIGN
+    "Environment facts"); faiss-cpu has get_num_gpus too and answers 0. Only the choice is tested
+    here (with a stand-in faiss module); no GPU index has been built on this project's machines."""
+    if k > _FAISS_GPU_MAX_K or not faiss_available():
         return False
+    import faiss
+
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 

@@ -87,7 +87,9 @@ def prepare_run_dir(run_dir: Path, p: Params) -> Path:
     run_dir = Path(run_dir)
     path = params_path(run_dir)
     if path.is_file():
-        old = yaml.safe_load(path.read_text()) or {}
+        # A parameter missing from the file was added after the run was made: the run used the
+        # behaviour its default describes (new parameters default to the old behaviour).
+        old = {**Params().to_dict(), **(yaml.safe_load(path.read_text()) or {})}
         changed = {k: (old.get(k), v) for k, v in p.to_dict().items() if old.get(k) != v}
         if changed:
             diff = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in sorted(changed.items()))

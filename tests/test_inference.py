@@ -2,9 +2,7 @@
 §8.1), In-Shop neighbourhoods on a hand-made example (§8.2), batched refinement equals one MPN
 call per graph."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,15 +12,11 @@ import torch.nn.functional as F
 from ibdml.inference import (reciprocal_neighbourhoods, reciprocal_neighbourhoods_query_gallery,
                              refine, refine_queries, refine_query_gallery)
 from ibdml.mpn import MessagePassingNetwork
+from bench_scripts import load_bench
 
 
 def _load_bench():
-    """bench/ holds scripts, not an installed package: load the loop reference by its path."""
-    path = Path(__file__).resolve().parents[1] / "bench" / "mpn_inference.py"
-    spec = importlib.util.spec_from_file_location("bench_mpn_inference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("mpn_inference")
 
 
 bench = _load_bench()

@@ -244,3 +244,80 @@ def test_kmeans_seed_changes_the_clustering_of_unstructured_data():
 def test_numpy_input_is_accepted_by_kmeans():
     x, _ = separated_clusters(3, 10)
     assert kmeans(np.asarray(x), 3).shape == (30,)
+
+
+# --- on a GPU: the faiss-gpu guard and torch on the GPU, with stand-ins (no GPU needed) ----------
+
+
+class FakeFaiss:
+    """Just enough of faiss for `_search_faiss`: a brute-force IndexFlatIP in numpy, a GPU count,
+    and GPU calls that only record themselves (the index stays the CPU one)."""
+
+    def __init__(self, gpus: int):
+        self.gpus, self.moved_to = gpus, []
+
+    def get_num_gpus(self) -> int:
+        return self.gpus
+
+    class IndexFlatIP:
+        def __init__(self, dim: int):
+            self.data = np.zeros((0, dim), dtype=np.float32)
+
+        def add(self, x: np.ndarray) -> None:
+            self.data = np.concatenate([self.data, x])
+
+        def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            sims = q @ self.data.T
+            idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+            return np.take_along_axis(sims, idx, axis=1), idx
+
+    def StandardGpuResources(self) -> str:
+        return "resources"
+
+    def index_cpu_to_gpu(self, resources, device: int, index):
+        assert resources == "resources"
+        self.moved_to.append(device)
+        return index
+
+
+@pytest.mark.parametrize("backend", ["auto", "faiss"])
+def test_faiss_without_a_gpu_searches_on_the_cpu_index(monkeypatch, backend):
+    fake = FakeFaiss(gpus=0)  # faiss-cpu, or faiss-gpu imported on a machine without a GPU
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    x = unit_rows(50)
+    _, idx = nearest_neighbours(x, k=3, exclude_self=True, backend=backend)
+    assert fake.moved_to == []
+    assert torch.equal(idx, brute_force(x, x, 3, exclude_self=True)[1])
+
+
+@pytest.mark.parametrize("backend", ["auto", "faiss"])
+def test_faiss_seeing_a_gpu_puts_the_index_there(monkeypatch, backend):
+    fake = FakeFaiss(gpus=1)
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    queries, reference = unit_rows(40, seed=3), unit_rows(60, seed=4)
+    _, idx = nearest_neighbours(queries, reference, k=5, backend=backend)
+    assert fake.moved_to == [0]  # torch sees no GPU here: device 0
+    assert torch.equal(idx, brute_force(queries, reference, 5)[1])
+
+
+def test_faiss_gpu_is_used_only_up_to_k_2048_and_only_when_it_counts_gpus(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", FakeFaiss(gpus=2))
+    assert retrieval._faiss_gpu_usable(2048)
+    assert not retrieval._faiss_gpu_usable(2049)  # faiss-gpu's k-selection limit
+    monkeypatch.setitem(sys.modules, "faiss", FakeFaiss(gpus=0))
+    assert not retrieval._faiss_gpu_usable(5)
+    monkeypatch.setitem(sys.modules, "faiss", object())  # an old faiss without get_num_gpus
+    assert not retrieval._faiss_gpu_usable(5)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # no faiss at all
+    assert not retrieval._faiss_gpu_usable(5)
+
+
+def test_auto_uses_torch_on_a_visible_gpu_when_faiss_cannot(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", FakeFaiss(gpus=0))
+    cpu = torch.device("cpu")
+    assert retrieval._resolve_backend("auto", cpu, 4, prefer_torch=False) == "faiss"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert retrieval._resolve_backend("auto", cpu, 4, prefer_torch=False) == "torch"
+    assert retrieval._resolve_backend("auto", torch.device("cuda", 0), 4,
+                                      prefer_torch=False) == "torch"

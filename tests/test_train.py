@@ -78,6 +78,21 @@ def test_run_folder_refuses_other_parameters(glyph_root, tmp_path):
         train(smoke(glyph_root, lr=0.01), tmp_path / "run", progress=False)
 
 
+def test_a_run_folder_from_before_a_parameter_existed_is_still_accepted(tmp_path):
+    import yaml
+
+    from ibdml.runs import prepare_run_dir
+
+    p = load_params(SMOKE)
+    run = prepare_run_dir(tmp_path / "run", p)
+    stored = yaml.safe_load((run / "params.yaml").read_text())
+    del stored["attention_probes"]  # as written by a version without that parameter
+    (run / "params.yaml").write_text(yaml.safe_dump(stored))
+    prepare_run_dir(run, p)  # the default is what that version did: the same run
+    with pytest.raises(RunFolderError, match="attention_probes: 4 → 0"):
+        prepare_run_dir(run, load_params(SMOKE, {"attention_probes": 0}))
+
+
 def test_select_on_val_writes_best_checkpoint(glyph_root, tmp_path):
     p = smoke(glyph_root, epochs=2, val_fraction=0.25, select_on="val", n_c=4)
     history = train(p, tmp_path / "run", progress=False)["history"]
