@@ -64,3 +64,33 @@ def test_pretrained_errors(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(Exception, match="size mismatch|does not fit"):
         Backbone("resnet18", 10, pretrained=str(tmp_path / "bad.pth"))
+
+
+def test_imagenet_weights_offline_say_which_file_and_where(tmp_path, monkeypatch):
+    import urllib.error
+
+    from torchvision.models import ResNet18_Weights
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    monkeypatch.setattr(type(weights), "get_state_dict", lambda self, **kw: (_ for _ in ()).throw(
+        urllib.error.URLError("no network")))
+    with pytest.raises(WeightsError) as e:
+        Backbone("resnet18", 10, pretrained="imagenet")
+    message = str(e.value)
+    file = weights.url.rsplit("/", 1)[1]  # resnet18-f37072fd.pth
+    assert f"needs {file}" in message and weights.url in message
+    assert str(tmp_path / "hub" / "checkpoints" / file) in message
+    assert "or set pretrained to its path" in message
+
+
+def test_imagenet_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    source = resnet18()
+    file = tmp_path / "hub" / "checkpoints" / ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    file.parent.mkdir(parents=True)
+    torch.save(source.state_dict(), file)  # where torchvision's weights API looks first
+    loaded = Backbone("resnet18", 10, pretrained="imagenet")
+    torch.testing.assert_close(loaded.trunk[0].weight, source.conv1.weight)
