@@ -3,6 +3,7 @@
     ibdml run PARAMS [-p key=value ...] [--out DIR] [--only NOTEBOOK ...] [--force]
     ibdml train PARAMS [-p key=value ...] [--out DIR] [--restart]
     ibdml evaluate RUN_DIR
+    ibdml claims PARAMS [-p key=value ...] [--out DIR] [--seeds S ...]   (notebooks/05_claims)
     ibdml check-data DATASET ROOT [--no-verify]   (exit 0: ready; 1: problems found)
     ibdml params            (the parameter table)
 """
@@ -38,6 +39,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else default_run_dir(args.params)
     stream_notebook_output()
     run_pipeline(args.params, out, overrides, only=args.only, force=args.force)
+
+
+def cmd_claims(args: argparse.Namespace) -> None:
+    from ibdml.pipeline import run_claims_notebook, stream_notebook_output
+
+    overrides = dict(parse_override(o) for o in args.override)
+    stream_notebook_output()
+    path = run_claims_notebook(args.params, Path(args.out), args.seeds, overrides)
+    print(f"wrote {path}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -79,6 +89,16 @@ def parser() -> argparse.ArgumentParser:
                    help="run only these steps, e.g. --only 02_evaluate")
     r.add_argument("--force", action="store_true", help="redo steps that are done")
     r.set_defaults(func=cmd_run)
+    cl = sub.add_parser("claims", help="the paper's three claims over several seeds: CE-only "
+                        "and MPN runs on the same budget (notebooks/05_claims)")
+    cl.add_argument("params", help="parameters YAML file of both variants, e.g. params/glyphs.yaml")
+    cl.add_argument("-p", dest="override", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a parameter of every run (repeatable)")
+    cl.add_argument("--out", default="outputs/claims", help="study folder (default "
+                    "outputs/claims): one run folder per variant and seed")
+    cl.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S",
+                    help="seeds (default 0 1 2)")
+    cl.set_defaults(func=cmd_claims)
     t = sub.add_parser("train", help="train a run from a parameters file")
     t.add_argument("params", help="parameters YAML file, e.g. params/glyphs.yaml")
     t.add_argument("-p", dest="override", action="append", default=[], metavar="KEY=VALUE",

@@ -40,9 +40,17 @@ class Step:
     source: Path
 
 
+def _is_study(path: Path) -> bool:
+    """A study notebook (05_claims) drives several runs of its own: its metadata says
+    {"ibdml": {"study": true}}, and `ibdml run` leaves it out."""
+    import nbformat
+
+    return bool(nbformat.read(path, as_version=4).metadata.get("ibdml", {}).get("study"))
+
+
 def steps(notebook_dir: Path = NOTEBOOKS) -> list[Step]:
-    """The pipeline's notebooks, in the order of their number prefix."""
-    found = sorted(notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+    """The pipeline's notebooks (one run each), in the order of their number prefix."""
+    found = [p for p in sorted(notebook_dir.glob("[0-9][0-9]_*.ipynb")) if not _is_study(p)]
     if not found:
         raise PipelineError(f"no notebooks NN_*.ipynb in {notebook_dir}")
     return [Step(path.stem, path) for path in found]
@@ -75,8 +83,6 @@ def run_pipeline(params_file: str | Path, run_dir: str | Path, overrides: dict[s
                  notebook_dir: Path = NOTEBOOKS, log: Callable[[str], None] = print) -> dict:
     """Execute the pipeline's notebooks into run_dir, then write <run>/report.html; returns the
     pipeline state ({step: {status, seconds, finished}})."""
-    import papermill
-
     run_dir = Path(run_dir).resolve()
     _claim(params_file, run_dir, overrides)
     state_file = run_dir / "pipeline.json"
@@ -89,26 +95,53 @@ def run_pipeline(params_file: str | Path, run_dir: str | Path, overrides: dict[s
             log(f"[{step.name}] done before, skipped (--force to redo)")
             continue
         log(f"[{step.name}] running → {executed}")
-        executed.parent.mkdir(parents=True, exist_ok=True)
         start = time.time()
         try:
-            papermill.execute_notebook(step.source, executed, parameters=parameters,
-                                       kernel_name=KERNEL, cwd=str(notebook_dir),
-                                       log_output=True, progress_bar=False)
-        except papermill.PapermillExecutionError as e:
+            _execute(step.source, executed, parameters, notebook_dir)
+        except PipelineError:
             state[step.name] = {"status": "failed", "seconds": round(time.time() - start, 1)}
             write_json(state_file, state)
-            raise PipelineError(
-                f"{step.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-                f"The executed notebook is kept for inspection: {executed}\n"
-                "Outputs written so far are kept; fix the cause and run the same command again "
-                "to resume.") from None
+            raise
         state[step.name] = {"status": "done", "seconds": round(time.time() - start, 1),
                             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json(state_file, state)
         log(f"[{step.name}] done in {state[step.name]['seconds']:.0f} s")
     log(f"report: {build_report(run_dir)}")
     return state
+
+
+def _execute(source: Path, executed: Path, parameters: dict[str, Any],
+             notebook_dir: Path) -> None:
+    """Run one notebook with papermill into `executed`; a failing cell is a PipelineError naming
+    it (the executed notebook is kept)."""
+    import papermill
+
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(source, executed, parameters=parameters, kernel_name=KERNEL,
+                                   cwd=str(notebook_dir), log_output=True, progress_bar=False)
+    except papermill.PapermillExecutionError as e:
+        raise PipelineError(
+            f"{source.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+            f"The executed notebook is kept for inspection: {executed}\n"
+            "Outputs written so far are kept; fix the cause and run the same command again "
+            "to resume.") from None
+
+
+def run_claims_notebook(params_file: str | Path, study_dir: str | Path, seeds: list[int],
+                        overrides: dict[str, Any] | None = None, *,
+                        notebook_dir: Path = NOTEBOOKS,
+                        log: Callable[[str], None] = print) -> Path:
+    """`ibdml claims`: execute 05_claims (both variants × every seed, resuming what is done) into
+    <study>/notebooks/05_claims.ipynb; returns <study>/claims.json."""
+    study_dir = Path(study_dir).resolve()
+    source = notebook_dir / "05_claims.ipynb"
+    executed = study_dir / "notebooks" / source.name
+    log(f"[{source.stem}] running → {executed}")
+    _execute(source, executed, {"params_file": str(Path(params_file).resolve()),
+                                "run_dir": str(study_dir), "overrides": dict(overrides or {}),
+                                "seeds": list(seeds)}, notebook_dir)
+    return study_dir / "claims.json"
 
 
 def stream_notebook_output() -> None:
