@@ -211,7 +211,8 @@ def neighbourhood_examples(run_dir: Path, queries: int = 6, seed: int = 0
     refined = torch.load(Path(run_dir) / "embeddings" / "test_refined.pt", weights_only=False)
     picked = np.random.default_rng(seed).choice(len(split), min(queries, len(split)), replace=False)
     members = refined["neighbourhoods"][picked][:, 1:]  # [Q, batch-1], row 0 is the query itself
-    sims = [(x[picked][:, None, :] * x[members]).sum(-1)  # [Q, 1, D] · [Q, batch-1, D] → [Q, batch-1]
+    # [Q, 1, D] · [Q, batch-1, D] → [Q, batch-1]
+    sims = [(x[picked][:, None, :] * x[members]).sum(-1)
             for x in (base, refined["embeddings"])]
     captions = [[f"{b:.2f}→{a:.2f}" for b, a in zip(rb, ra)] for rb, ra in zip(*sims)]
     members = members.numpy()

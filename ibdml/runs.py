@@ -39,6 +39,7 @@ def _atomic(path: Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600: a run folder's files are for others to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -93,8 +94,9 @@ def prepare_run_dir(run_dir: Path, p: Params) -> Path:
         changed = {k: (old.get(k), v) for k, v in p.to_dict().items() if old.get(k) != v}
         if changed:
             diff = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in sorted(changed.items()))
-            raise RunFolderError(f"run folder {run_dir} holds a run with other parameters ({diff}); "
-                              "use another --out, or delete the folder to start over")
+            raise RunFolderError(f"run folder {run_dir} holds a run with other parameters "
+                                 f"({diff}); use another --out, or delete the folder to start "
+                                 "over")
         return run_dir
     write_text(path, p.to_yaml())
     return run_dir

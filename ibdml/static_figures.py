@@ -44,7 +44,8 @@ def head_curves_png(summary: dict, key: str, path: Path) -> Path:
         for head in range(summary["heads"]):
             ax.plot(summary["epochs"], [row[layer][head] for row in summary[key]], marker="o",
                     ms=3, color=colours[head % len(colours)],
-                    ls=LAYER_STYLES[layer % len(LAYER_STYLES)], label=f"layer {layer} · head {head}")
+                    ls=LAYER_STYLES[layer % len(LAYER_STYLES)],
+                    label=f"layer {layer} · head {head}")
     if key == "kl":
         top = summary["kl_max"]
         ax.axhline(top, color=REFERENCE, ls="--", lw=1)

@@ -227,9 +227,9 @@ def attention_heatmap(attention_by_epoch: AttentionRecord, labels: torch.Tensor 
                              margin=dict(t=60, b=50, l=80, r=20))
 
 
-def save_attention_figures(run_dir: Path, by_epoch: AttentionRecord, labels: torch.Tensor | np.ndarray,
-                           summary: dict, *, layer: int, head: int, probe: int,
-                           node: int) -> dict[str, tuple[Path, Path]]:
+def save_attention_figures(run_dir: Path, by_epoch: AttentionRecord,
+                           labels: torch.Tensor | np.ndarray, summary: dict, *, layer: int,
+                           head: int, probe: int, node: int) -> dict[str, tuple[Path, Path]]:
     """The four attention figures of a run, each as interactive HTML (plotly) and static PNG
     (matplotlib, `ibdml.static_figures`), in <run>/figures/attention_*.{html,png}; the heatmap
     shows the last recorded epoch. Returns {name: (html, png)}."""
@@ -253,8 +253,8 @@ def save_attention_figures(run_dir: Path, by_epoch: AttentionRecord, labels: tor
 def verdict_table(start: dict, end: dict) -> str:
     """Markdown: each layer/head's edge-case verdict (`attention.edge_case_verdicts`) before
     training and at the end, with its KL, effective nodes and same-class mass against chance."""
-    lines = [f"| layer · head | epoch {start['epoch']} | epoch {end['epoch']} | KL (share of log N) "
-             "| effective nodes | same-class mass (chance) |", "|---|---|---|---|---|---|"]
+    lines = [f"| layer · head | epoch {start['epoch']} | epoch {end['epoch']} | "
+             "KL (share of log N) | effective nodes | same-class mass (chance) |", "|---|---|---|---|---|---|"]
     for s, e in zip(start["heads"], end["heads"]):
         lines.append(f"| {e['layer']} · {e['head']} | {s['verdict']} | **{e['verdict']}** | "
                      f"{s['kl']:.3f} → {e['kl']:.3f} ({e['kl_fraction']:.0%}) | "

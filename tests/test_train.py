@@ -99,3 +99,10 @@ def test_select_on_val_writes_best_checkpoint(glyph_root, tmp_path):
     assert all("val" in row for row in history)
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)
     assert best["best"] == max(r["val"]["recall_at_k"]["1"] for r in history)
+
+
+def test_run_files_are_readable_by_others(tmp_path):
+    from ibdml.runs import write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
