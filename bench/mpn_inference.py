@@ -3,6 +3,7 @@ over samples in the authors' style (METHOD_SPEC §8.1, §14), on random 512-d un
 
     .venv/bin/python bench/mpn_inference.py           # timings at N = 5,924 / 20,000 / 60,502
     .venv/bin/python bench/mpn_inference.py --tiny    # seconds, no timing claims: the two agree
+    .venv/bin/python bench/mpn_inference.py --sizes CUB --kinds clustered --json out.json
 
 Times, per data kind (Gaussian: almost no reciprocal structure; clustered: points around N/10
 centres, like real embeddings): the exact k-NN search alone (the floor), the vectorised
@@ -11,13 +12,18 @@ full argsort, Python loop; N ≤ 20,000) and, at SOP size, `refine` with a rando
 512-d MPN with SOP's 11,318 training classes (refine skips the classifier: at that size its
 logits would cost more than the message passing).
 
+--json OUT also writes the rows (seconds; "agree" where the loop ran) or, with --tiny, whether
+everything agreed, with torch's version and thread count.
+
 The loop functions here are the reference the tests compare against; they are not library code.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -222,14 +228,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="a few hundred points, agreement only")
     parser.add_argument("--sizes", nargs="*", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--kinds", nargs="*", choices=list(DATA), default=list(DATA))
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    result = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "k": 30,
+              "batch": 7, "tiny": args.tiny}
     if args.tiny:
-        return 0 if tiny() else 1
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, k = 30, batch = 7")
-    for name in args.sizes:
-        for kind in args.kinds:
-            print(report(timings(kind, SIZES[name])), flush=True)
-    return 0
+        result["agree"] = tiny()
+    else:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, k = 30, batch = 7")
+        result["rows"] = []
+        for name in args.sizes:
+            for kind in args.kinds:
+                result["rows"].append(timings(kind, SIZES[name]))
+                print(report(result["rows"][-1]), flush=True)
+        result["agree"] = all(row.get("agree", True) for row in result["rows"])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["agree"] else 1
 
 
 if __name__ == "__main__":
