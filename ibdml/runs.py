@@ -82,9 +82,15 @@ def read_run_params(run_dir: Path) -> Params:
     return make_params(yaml.safe_load(path.read_text()))
 
 
+# Where the data lives and how fast it is read: a run can move between machines or disks and stay
+# the same run, so these may change; params.yaml then records the new values.
+LOCATION_PARAMS = ("data_root", "num_workers", "eval_batch_size")
+
+
 def prepare_run_dir(run_dir: Path, p: Params) -> Path:
     """Create the run folder with its params.yaml, or check that an existing one was made with
-    the same parameters: two parameter sets never share a folder silently."""
+    the same parameters: two parameter sets never share a folder silently (LOCATION_PARAMS
+    aside, which are updated)."""
     run_dir = Path(run_dir)
     path = params_path(run_dir)
     if path.is_file():
@@ -92,11 +98,14 @@ def prepare_run_dir(run_dir: Path, p: Params) -> Path:
         # behaviour its default describes (new parameters default to the old behaviour).
         old = {**Params().to_dict(), **(yaml.safe_load(path.read_text()) or {})}
         changed = {k: (old.get(k), v) for k, v in p.to_dict().items() if old.get(k) != v}
-        if changed:
-            diff = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in sorted(changed.items()))
+        differ = {k: c for k, c in changed.items() if k not in LOCATION_PARAMS}
+        if differ:
+            diff = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in sorted(differ.items()))
             raise RunFolderError(f"run folder {run_dir} holds a run with other parameters "
                                  f"({diff}); use another --out, or delete the folder to start "
                                  "over")
+        if changed:
+            write_text(path, p.to_yaml())
         return run_dir
     write_text(path, p.to_yaml())
     return run_dir

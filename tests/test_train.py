@@ -93,6 +93,15 @@ def test_a_run_folder_from_before_a_parameter_existed_is_still_accepted(tmp_path
         prepare_run_dir(run, load_params(SMOKE, {"attention_probes": 0}))
 
 
+def test_a_run_folder_may_move_its_data(tmp_path):
+    from ibdml.runs import prepare_run_dir, read_run_params
+
+    run = prepare_run_dir(tmp_path / "run", load_params(SMOKE))
+    prepare_run_dir(run, load_params(SMOKE, {"data_root": str(tmp_path / "moved"),
+                                             "num_workers": 0}))
+    assert read_run_params(run).data_root == str(tmp_path / "moved")  # later steps read there
+
+
 def test_select_on_val_writes_best_checkpoint(glyph_root, tmp_path):
     p = smoke(glyph_root, epochs=2, val_fraction=0.25, select_on="val", n_c=4)
     history = train(p, tmp_path / "run", progress=False)["history"]

@@ -46,9 +46,9 @@ class Problem:
 class BenchmarkError(DatasetError):
     """A benchmark copy that cannot be used as it is; `problems` lists why."""
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], hint: str = "") -> None:
         self.problems = list(problems)
-        super().__init__("\n".join(p.text() for p in self.problems))
+        super().__init__("\n".join([p.text() for p in self.problems] + ([hint] if hint else [])))
 
 
 def missing_images(splits: Mapping[str, Split], where: str, max_examples: int = 5) -> list[Problem]:

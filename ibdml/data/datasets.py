@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ibdml.config import Params, held_out_classes
-from ibdml.data.benchmarks import read_benchmark
+from ibdml.data.benchmarks import BenchmarkError, read_benchmark
 from ibdml.data.folder import Split, read_image_folder, split_classes
 from ibdml.data.glyphs import build_glyphs
 
@@ -31,8 +31,13 @@ def load_splits(p: Params, progress: bool = True) -> dict[str, Split]:
         data = read_image_folder(root)
         train = p.glyph_train_classes
         return split_classes(data, train, p.val_fraction, held_out_classes(train, p.val_fraction))
-    splits = read_benchmark(p.dataset, Path(p.data_root).expanduser(),
-                            expected=None if p.official_counts else {})
+    try:
+        splits = read_benchmark(p.dataset, Path(p.data_root).expanduser(),
+                                expected=None if p.official_counts else {})
+    except BenchmarkError as e:  # the checker's message, and which parameter points there
+        raise BenchmarkError(e.problems, hint=(
+            f"parameter data_root is {p.data_root}: point it at your copy (-p data_root=PATH) "
+            f"and check that with `ibdml check-data {p.dataset} PATH`")) from None
     held_out = held_out_classes(splits["train"].num_classes, p.val_fraction)
     if p.val_fraction > 0:
         # the last training classes become the validation split, as for Glyphs (fair protocol)
