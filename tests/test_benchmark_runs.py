@@ -94,8 +94,9 @@ def test_a_broken_copy_stops_before_the_first_step(tmp_path):
     root = make_cub(tmp_path / "CUB_200_2011")
     (root / "image_class_labels.txt").unlink()
     p = load_params(None, {**SMALL, "dataset": "cub200", "data_root": str(root)})
-    with pytest.raises(DatasetError, match="image_class_labels.txt"):
+    with pytest.raises(DatasetError, match="image_class_labels.txt") as e:
         train(p, tmp_path / "run", progress=False)
+    assert "ibdml check-data cub200 PATH" in str(e.value)  # and which parameter to change
     assert not (tmp_path / "run" / "checkpoints").exists()
     # without official_counts: false, the tiny copy is refused for its counts
     strict = load_params(None, {**SMALL, "dataset": "cub200", "official_counts": True,
