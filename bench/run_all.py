@@ -119,32 +119,27 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def bench_evaluate(out: Path, tiny: bool) -> dict:
-    target = out / "evaluate.json"
+def run_script(name: str, script: str, args: list[str], out: Path) -> dict:
+    """Run bench/<script> with `args` and `--json`, logged as `name`: {"run", "result"}."""
+    target = out / f"{name}.json"
     target.unlink(missing_ok=True)
-    run = run_logged("evaluate", ["bench/evaluate.py", *(["--tiny"] if tiny else []),
-                                  "--json", str(target)], out)
+    run = run_logged(name, [f"bench/{script}", *args, "--json", str(target)], out)
     return {"run": run, "result": read_json(target)}
+
+
+def bench_evaluate(out: Path, tiny: bool) -> dict:
+    return run_script("evaluate", "evaluate.py", ["--tiny"] if tiny else [], out)
 
 
 def bench_train_overhead(out: Path, tiny: bool) -> dict:
-    target = out / "train_overhead.json"
-    target.unlink(missing_ok=True)
-    run = run_logged("train_overhead", ["bench/train_overhead.py", *(["--tiny"] if tiny else []),
-                                        "--json", str(target)], out)
-    return {"run": run, "result": read_json(target)}
+    return run_script("train_overhead", "train_overhead.py", ["--tiny"] if tiny else [], out)
 
 
 def bench_mpn_inference(out: Path, tiny: bool, runs: int, sop: bool) -> dict:
     what = ["--tiny"] if tiny else ["--sizes", "CUB", "20k", *(["SOP"] if sop else []),
                                     "--kinds", "clustered"]
-    results = []
-    for i in range(1 if tiny else runs):
-        target = out / f"mpn_inference_{i + 1}.json"
-        target.unlink(missing_ok=True)
-        run = run_logged(f"mpn_inference_{i + 1}", ["bench/mpn_inference.py", *what,
-                                                    "--json", str(target)], out)
-        results.append({"run": run, "result": read_json(target)})
+    results = [run_script(f"mpn_inference_{i + 1}", "mpn_inference.py", what, out)
+               for i in range(1 if tiny else runs)]
     return {"runs": results, "summary": None if tiny else summarise_mpn_inference(results)}
 
 

@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> dict:
               "cudnn_benchmark": device.type == "cuda", "backbone": p.backbone,
               "image_size": p.image_size, "batch_shape": f"{p.n_c}x{p.n_s}",
               "batch_size": p.batch_size, "data": args.data,
-              "loader_workers": accel.loader_settings(p, device).num_workers
+              "loader_workers": accel.worker_count(p, device)
               if args.data == "transform" else None,
               "warmup_steps": args.warmup, "steps": args.steps,
               "eval_batch_size": p.eval_batch_size}

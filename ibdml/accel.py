@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
@@ -40,9 +39,6 @@ from ibdml.config import Params
 # Workers for a GPU: enough to decode and augment ~1,500 images/s at 227 px (a few ms of one core
 # each), one core left for the training process itself.
 _GPU_MAX_WORKERS = 16
-# Batches each worker keeps ready (DataLoader's default). With ≥ 8 workers that is ≥ 16 batches
-# in flight; more would only cost shared memory (a 54-image 227-px batch is 33 MB).
-_PREFETCH_FACTOR = 2
 
 
 # --- Precision and memory format --------------------------------------------------------------
@@ -129,17 +125,6 @@ def search_device(device: torch.device) -> torch.device:
 # --- Data loading -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LoaderSettings:
-    num_workers: int
-    pin_memory: bool  # page-locked batches: the copy to the GPU can overlap compute
-    # False everywhere: persistent workers keep their random streams across epochs, so a resumed
-    # run would augment differently from a straight one (train.py promises exact resume), and the
-    # evaluation loaders are rebuilt for every evaluation anyway.
-    persistent_workers: bool
-    prefetch_factor: int | None  # batches each worker keeps ready; None without workers
-
-
 def cpu_cores() -> int:
     """Cores this process may run on (the affinity mask, which containers narrow)."""
     if hasattr(os, "sched_getaffinity"):
@@ -159,18 +144,12 @@ def worker_count(p: Params, device: torch.device) -> int:
     return 0 if cores <= 4 else min(4, cores // 2)
 
 
-def loader_settings(p: Params, device: torch.device) -> LoaderSettings:
-    workers = worker_count(p, device)
-    return LoaderSettings(num_workers=workers, pin_memory=device.type == "cuda",
-                          persistent_workers=False,
-                          prefetch_factor=_PREFETCH_FACTOR if workers > 0 else None)
-
-
 def data_loader(dataset: Dataset, p: Params, device: torch.device, *, batch_size: int = 1,
                 batch_sampler: Iterable[list[int]] | None = None) -> DataLoader:
-    """A DataLoader over `dataset` with `loader_settings(p, device)`, in order: batches of
-    `batch_size` (evaluation) or those of `batch_sampler` (training)."""
-    s = loader_settings(p, device)
+    """A DataLoader over `dataset`, in order: batches of `batch_size` (evaluation) or those of
+    `batch_sampler` (training), with `worker_count` workers and pinned memory on CUDA (the copy
+    to the GPU overlaps compute). Workers are not persistent: they would keep their random
+    streams across epochs, so a resumed run would augment differently from a straight one
+    (train.py promises exact resume)."""
     return DataLoader(dataset, batch_size=batch_size, batch_sampler=batch_sampler,
-                      num_workers=s.num_workers, pin_memory=s.pin_memory,
-                      persistent_workers=s.persistent_workers, prefetch_factor=s.prefetch_factor)
+                      num_workers=worker_count(p, device), pin_memory=device.type == "cuda")

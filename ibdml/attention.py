@@ -176,12 +176,18 @@ def target_groups(labels: Any, node: int) -> dict[str, list[int]]:
     return {"itself": [node], "same class": same, "other class": other}
 
 
+def class_order(labels: Any) -> torch.Tensor:
+    """labels [N] → [N] the nodes sorted by class, stable (within a class, batch order).
+    Example: [2, 0, 1, 0] → [1, 3, 2, 0]."""
+    return torch.argsort(torch.as_tensor(labels), stable=True)
+
+
 def class_sorted(attn: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """One batch's attention [N, N] and labels [N] → (renormalised rows with sources and targets
     sorted by class [N, N], the order (sorted position → node) [N], the sorted positions where a
     class starts). Stable: within a class, nodes keep their batch order."""
     y = torch.as_tensor(labels)
-    order = torch.argsort(y, stable=True)
+    order = class_order(y)
     ys = y[order].tolist()
     starts = [0] + [k for k in range(1, len(ys)) if ys[k] != ys[k - 1]]
     return distribution(attn)[order][:, order], order, starts

@@ -44,10 +44,16 @@ def embed(model: IntraBatchModel, loader: DataLoader, device: torch.device,
     return torch.cat(features).cpu()  # one copy to the host
 
 
+def embed_split(model: IntraBatchModel, split: Split, p: Params,
+                device: torch.device) -> torch.Tensor:
+    """`embed` of a split's test-transformed images, in the run's precision."""
+    return embed(model, split_loader(split, p, device), device, accel.bf16_override(p))
+
+
 def evaluate_split(model: IntraBatchModel, split: Split, p: Params, device: torch.device,
                    *, nmi: bool) -> tuple[dict, torch.Tensor]:
     """Metrics of the backbone on one split, and its embeddings."""
-    emb = embed(model, split_loader(split, p, device), device, accel.bf16_override(p))
+    emb = embed_split(model, split, p, device)
     return evaluate(emb, split.labels, p.recall_ks, nmi=nmi, seed=p.seed), emb
 
 
@@ -65,8 +71,8 @@ def test_metrics(features: dict[str, torch.Tensor], splits: dict[str, Split], p:
 def evaluate_test(model: IntraBatchModel, splits: dict[str, Split], p: Params,
                   device: torch.device, *, nmi: bool) -> tuple[dict, dict[str, torch.Tensor]]:
     """Metrics of the backbone on the test split(s), and their embeddings {split: [N, D]}."""
-    features = {name: embed(model, split_loader(splits[name], p, device), device,
-                            accel.bf16_override(p)) for name in test_split_names(p)}
+    features = {name: embed_split(model, splits[name], p, device)
+                for name in test_split_names(p)}
     return test_metrics(features, splits, p, nmi), features
 
 
@@ -256,10 +262,12 @@ def evaluate_mpn_inference(run_dir: Path) -> dict:
 
 
 def _trained_model(run_dir: Path, p: Params) -> IntraBatchModel:
-    """The selected checkpoint's model on the run's device (MPN at inference runs there)."""
-    model = build_model(p, load_splits(p, progress=False)["train"].num_classes)
-    model.load_state_dict(torch.load(selected_checkpoint(run_dir, p), map_location="cpu",
-                                     weights_only=False)["model"])
+    """The selected checkpoint's model on the run's device (MPN at inference runs there). The
+    number of training classes is the aux classifier's: no need to read the dataset again."""
+    state = torch.load(selected_checkpoint(run_dir, p), map_location="cpu",
+                       weights_only=False)["model"]
+    model = build_model(p, state["backbone.classifier.weight"].shape[0])  # [C, D]
+    model.load_state_dict(state)
     return model.to(resolve_device(p.device))
 
 

@@ -17,9 +17,8 @@ from collections.abc import Sequence
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
-import torch
 
-from ibdml.attention import class_sorted, spread_epochs
+from ibdml.attention import class_order, spread_epochs
 from ibdml.probes import AttentionRun
 from ibdml.viz import attention_heatmap, node_attention_bars
 
@@ -107,9 +106,7 @@ class AttentionExplorer:
 
     def _order(self) -> list[int]:
         """Sorted heatmap position → node of the current probe."""
-        probe = self.probe.value
-        a = torch.as_tensor(self.rec.by_epoch[self.rec.epochs[0]][0, probe, 0]).float()
-        return class_sorted(a, self.rec.labels[probe])[1].tolist()
+        return class_order(self.rec.labels[self.probe.value]).tolist()
 
     # ---- events -------------------------------------------------------------------------------
 

@@ -79,8 +79,8 @@ def _claim(params_file: str | Path, run_dir: Path, overrides: dict[str, Any] | N
 
 
 def run_pipeline(params_file: str | Path, run_dir: str | Path,
-                 overrides: dict[str, Any] | None = None, *, only: list[str] | None = None, force: bool = False,
-                 notebook_dir: Path = NOTEBOOKS, log: Callable[[str], None] = print) -> dict:
+                 overrides: dict[str, Any] | None = None, *, only: list[str] | None = None,
+                 force: bool = False, notebook_dir: Path = NOTEBOOKS, log: Callable[[str], None] = print) -> dict:
     """Execute the pipeline's notebooks into run_dir, then write <run>/report.html; returns the
     pipeline state ({step: {status, seconds, finished}})."""
     run_dir = Path(run_dir).resolve()

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ibdml.accel import autocast, bf16_override
+from ibdml.accel import autocast, bf16_override, to_device
 from ibdml.attention import Treatment, edge_case_verdicts, same_class_mass, summarise
 from ibdml.config import Params
 from ibdml.data.folder import ImageDataset, Split
@@ -95,7 +95,7 @@ def record_attention(model: IntraBatchModel, probes: Probes, device: torch.devic
     P, N = probes.labels.shape
     flat = probes.images.flatten(0, 1)  # [P·N, 3, S, S]
     with autocast(device, probes.bf16):  # as in training: bf16 on CUDA when amp, softmax fp32
-        embedding = torch.cat([model.backbone(flat[i:i + chunk].to(device))[0].float()
+        embedding = torch.cat([model.backbone(to_device(flat[i:i + chunk], device))[0].float()
                                for i in range(0, len(flat), chunk)])  # [P·N, D]
         out = model.mpn(embedding.view(P, N, -1), return_attention=True, return_logits=False)
     return out.attention.float().cpu()  # [L, P, H, N, N]

@@ -231,22 +231,25 @@ def test_search_device_is_the_gpu_when_one_is_visible(monkeypatch):
 # --- loaders ----------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # the cores are faked
 @pytest.mark.parametrize("device, cores, workers", [
     (CUDA, 16, 15), (CUDA, 64, 16), (CUDA, 1, 0), (CPU, 2, 0), (CPU, 4, 0), (CPU, 8, 4),
     (CPU, 32, 4)])
 def test_loader_settings_are_sized_from_the_machine(monkeypatch, device, cores, workers):
     monkeypatch.setattr(accel, "cpu_cores", lambda: cores)
-    s = accel.loader_settings(small_params(), device)
+    s = accel.data_loader(torch.utils.data.TensorDataset(torch.zeros(1)), small_params(), device)
     assert s.num_workers == workers
     assert s.pin_memory == (device.type == "cuda")
-    assert s.persistent_workers is False  # exact resume (see LoaderSettings)
+    assert s.persistent_workers is False  # exact resume (see data_loader)
     assert s.prefetch_factor == (2 if workers else None)
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
 def test_num_workers_parameter_overrides_the_machine(monkeypatch):
     monkeypatch.setattr(accel, "cpu_cores", lambda: 16)
-    assert accel.loader_settings(small_params(num_workers=3), CUDA).num_workers == 3
-    assert accel.loader_settings(small_params(num_workers=0), CUDA).prefetch_factor is None
+    data = torch.utils.data.TensorDataset(torch.zeros(1))
+    assert accel.data_loader(data, small_params(num_workers=3), CUDA).num_workers == 3
+    assert accel.data_loader(data, small_params(num_workers=0), CUDA).prefetch_factor is None
 
 
 def test_data_loader_batches_in_order_or_by_sampler():
