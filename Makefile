@@ -25,7 +25,8 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The benchmarks (bench/run_all.py writes bench/RESULTS.md; ~11 min on 2 cores). The bench extra
+# The benchmarks (bench/run_all.py writes bench/RESULTS.md; ~22 min on 2 cores,
+# a third of it the pipeline that `make run` runs, timed 3 times). The bench extra
 # (pytorch-metric-learning, the reference for evaluation) is installed once, and again only after
 # pyproject.toml changed; `make run` and `make test` never need it.
 bench: $(BENCH_STAMP)

@@ -1,6 +1,6 @@
 """Run every benchmark and write bench/RESULTS.md and bench/results.json (`make bench`).
 
-    .venv/bin/python bench/run_all.py                 # the full run, ~11 min on 2 cores
+    .venv/bin/python bench/run_all.py                 # the full run, ~22 min on 2 cores
     .venv/bin/python bench/run_all.py --tiny          # every tiny mode, into outputs/bench/tiny/
     .venv/bin/python bench/run_all.py --render-only   # RESULTS.md again from results.json
 
@@ -16,8 +16,10 @@ JSON, under outputs/bench/, git-ignored):
                 (SOP-size end to end only with --mpn-sop: two more minutes a run)
   Glyphs        a cold render of the default Glyphs set (params/glyphs.yaml) into a fresh
                 temporary folder, --runs times, each in a fresh process (no in-memory caches)
-  make run      not re-run (minutes, and it would recurse): the per-step seconds of the last
-                pipeline in outputs/glyphs/pipeline.json, summed, when that file exists
+  make run      what `make run` runs, `ibdml run params/glyphs.yaml`, into a fresh temporary run
+                folder, --pipeline-runs times (default 3, ~3.5 min each), each in a fresh
+                process: wall time of the whole command and each notebook step's seconds
+                (the Glyphs cache under data_root is built by the first run if it is cold)
 Every figure in RESULTS.md is a median of the runs made here, and every ratio was measured
 within one process, the two sides alternating. The load average before and after each step is
 recorded: other work on the machine slows everything, and only a quiet machine gives figures
@@ -35,6 +37,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -42,7 +45,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 OUT = ROOT / "outputs" / "bench"
-PIPELINE = ROOT / "outputs" / "glyphs" / "pipeline.json"
 EVALUATE_TARGET = 0.7  # ours / PML seconds
 OVERHEAD_TARGET = 0.05  # MPN training step overhead
 
@@ -178,19 +180,27 @@ def bench_glyphs(out: Path, tiny: bool, runs: int) -> dict:
             "params": "params/glyphs.yaml" + (f" with {' '.join(overrides)}" if tiny else "")}
 
 
-def make_run_time(pipeline: Path = PIPELINE) -> dict:
-    """The last `make run`'s notebook steps from pipeline.json: their seconds, summed."""
-    steps = read_json(pipeline)
-    if not steps:
-        return {"measured": False, "source": _relative(pipeline)}
-    seconds = {name: step["seconds"] for name, step in steps.items()
-               if isinstance(step, dict) and step.get("seconds") is not None}
-    finished = [step.get("finished") for step in steps.values()
-                if isinstance(step, dict) and step.get("finished")]
-    return {"measured": bool(seconds), "steps": seconds, "total_s": sum(seconds.values()),
-            "all_done": all(isinstance(s, dict) and s.get("status") == "done"
-                            for s in steps.values()),
-            "finished": max(finished) if finished else None, "source": _relative(pipeline)}
+def bench_pipeline(out: Path, tiny: bool, runs: int) -> dict:
+    """`make run`'s command, `ibdml run PARAMS --out <fresh folder>`, `runs` times, each in a
+    fresh process and a fresh temporary run folder (the Glyphs cache is shared, as for users)."""
+    params = "params/smoke.yaml" if tiny else "params/glyphs.yaml"
+    results = []
+    for i in range(1 if tiny else runs):
+        with tempfile.TemporaryDirectory(prefix="ibdml-bench-run-") as folder:
+            run = run_logged(f"pipeline_{i + 1}", ["-m", "ibdml.cli", "run", params, "--out",
+                                                   folder], out)
+            results.append({"run": run, "steps": read_json(Path(folder) / "pipeline.json")})
+    return {"params": params, **summarise_pipeline(results)}
+
+
+def summarise_pipeline(runs: list[dict]) -> dict:
+    """Median wall time of the runs whose every step finished, and each step's median seconds."""
+    done = [r for r in runs if r["run"]["rc"] == 0 and r["steps"]
+            and all(step.get("status") == "done" for step in r["steps"].values())]
+    steps = {name: statistics.median(r["steps"][name]["seconds"] for r in done)
+             for name in (done[0]["steps"] if done else {})}
+    return {"runs": runs, "done": len(done), "steps_median_s": steps,
+            "median_s": statistics.median(r["run"]["seconds"] for r in done) if done else None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,10 +291,10 @@ def summary_table(results: dict) -> list[str]:
     if glyphs:
         lines.append(f"| Glyphs cache, cold render | {_s(glyphs.get('median_s'), 1)} | — | — "
                      "| — | — |")
-    make_run = results.get("make_run") or {}
-    if make_run.get("measured"):
-        lines.append(f"| `make run` (sum of the pipeline's steps) | {make_run['total_s']:.0f} s "
-                     "| — | — | — | — |")
+    pipeline = results.get("pipeline") or {}
+    if pipeline.get("median_s") is not None:
+        lines.append(f"| `make run` (`ibdml run {pipeline['params']}`, wall time) | "
+                     f"{pipeline['median_s']:.0f} s | — | — | — | — |")
     else:
         lines.append("| `make run` | not measured | — | — | — | — |")
     return lines
@@ -352,24 +362,37 @@ def overhead_section(results: dict) -> list[str]:
         "(the median of the per-step ratios beside it).",
         "",
         "| shape | images | heads | classes | with MPN | without | img/s with / without | "
-        "overhead (paired) | ≤ 5 % | optimiser step with / without (weights) |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "overhead (paired) | ≤ 5 % | optimiser step with / without (weights) | "
+        "the MPN's FLOPs | its optimiser step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
-        optimiser = "—"
+        optimiser = flops = optimiser_share = "—"
         if "mpn_optimiser_median_s" in row:
             optimiser = (f"{1000 * row['mpn_optimiser_median_s']:.1f} / "
                          f"{1000 * row['backbone_optimiser_median_s']:.1f} ms "
                          f"({row['mpn_parameters'] / 1e6:.2f} / "
                          f"{row['backbone_parameters'] / 1e6:.2f} M)")
+        if "flop_share" in row:
+            flops = (f"{100 * row['flop_share']:+.1f} % of "
+                     f"{row['backbone_flops'] / 1e9:.1f} GFLOP")
+            optimiser_share = f"{100 * row['optimiser_share']:+.1f} %"
         lines.append(
             f"| {row['shape']} {row['n_c']} × {row['n_s']} | {row['batch']} | {row['mpn_heads']} "
             f"| {row['classes']:,} | {1000 * row['mpn_median_s']:.1f} ms | "
             f"{1000 * row['backbone_median_s']:.1f} ms | {row['mpn_images_per_s']:.0f} / "
             f"{row['backbone_images_per_s']:.0f} | {100 * row['overhead']:+.1f} % "
-            f"({100 * row['overhead_paired']:+.1f} %) | {_met(row['met'])} | {optimiser} |")
-    return lines + ["", "The optimiser step is timed alone afterwards (median of as many runs as "
-                    "timed steps, on the last gradients): the part of a step that grows with "
-                    "the number of weights, not with the batch.", ""]
+            f"({100 * row['overhead_paired']:+.1f} %) | {_met(row['met'])} | {optimiser} | "
+            f"{flops} | {optimiser_share} |")
+    return lines + [
+        "", "The optimiser step is timed alone afterwards (median of as many runs as timed "
+        "steps, on the last gradients): the part of a step that grows with the number of "
+        "weights, not with the batch. *The MPN's FLOPs*: one further step of each variant "
+        "under torch's FlopCounterMode (matrix products and convolutions, forward and "
+        "backward), the MPN variant's extra FLOPs as a share of the backbone-only step's: "
+        "the arithmetic any implementation of this network must do. *Its optimiser step*: "
+        "the optimiser step's extra time as a share of the backbone-only step. Their sum is "
+        "roughly the overhead's floor on this machine, before the MPN's small matrices run "
+        "below the convolutions' FLOP rate.", ""]
 
 
 def mpn_inference_section(results: dict) -> list[str]:
@@ -416,19 +439,24 @@ def glyphs_section(results: dict) -> list[str]:
 
 
 def make_run_section(results: dict) -> list[str]:
-    make_run = results.get("make_run") or {}
+    pipeline = results.get("pipeline") or {}
     lines = ["## `make run`", ""]
-    if not make_run.get("measured"):
-        return lines + [f"Not measured: `{make_run.get('source')}` does not exist (run "
-                        "`make run` first; `make bench` does not run it).", ""]
-    steps = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in make_run["steps"].items())
-    status = "" if make_run["all_done"] else " (not every step finished)"
+    runs = pipeline.get("runs", [])
+    if pipeline.get("median_s") is None:
+        logs = ", ".join(f"`{r['run']['log']}`" for r in runs) or "no run was made"
+        return lines + [f"Not measured: no pipeline run finished (see {logs}).", ""]
+    each = ", ".join(f"{r['run']['seconds']:.0f}" for r in runs)
+    steps = ", ".join(f"{name} {seconds:.1f} s"
+                      for name, seconds in pipeline["steps_median_s"].items())
+    failed = len(runs) - pipeline["done"]
     return lines + [
-        f"Not re-run here. The last pipeline run (finished {make_run['finished']}), from "
-        f"`{make_run['source']}`: the notebook steps' seconds summed, "
-        f"**{make_run['total_s']:.0f} s**{status} ({steps}). This is one run, not a median; "
-        "it leaves out the virtual environment check and Python's start-up, and includes "
-        "rendering Glyphs only if the cache was cold then.", ""]
+        f"`make run` runs `ibdml run {pipeline['params']}`; here that command ran "
+        f"{len(runs)} time{'s' * (len(runs) > 1)}, each in a fresh process into a fresh "
+        "temporary run folder, the Glyphs cache shared (so only a first run on a new machine "
+        f"renders it). Wall time of the whole command: median **{pipeline['median_s']:.0f} s** "
+        f"({each} s){f'; {failed} run(s) failed' if failed else ''}. Median seconds of each "
+        f"notebook step: {steps}; the rest is Python's start-up and the papermill kernels'.",
+        ""]
 
 
 def render(results: dict) -> str:
@@ -438,7 +466,8 @@ def render(results: dict) -> str:
              else f"faiss-gpu {versions.get('faiss-gpu')}")
     loads = [(name, block["run"]) for name, block in results.items()
              if isinstance(block, dict) and isinstance(block.get("run"), dict)]
-    loads += [(f"{name} {i + 1}", run["run"]) for name in ("mpn_inference", "glyphs")
+    loads += [(f"{name} {i + 1}", run["run"])
+              for name in ("mpn_inference", "glyphs", "pipeline")
               for i, run in enumerate((results.get(name) or {}).get("runs", []))]
     load_text = "; ".join(f"{name} {run['load_before']:.2f} → {run['load_after']:.2f}"
                           for name, run in loads)
@@ -486,7 +515,7 @@ def all_ok(results: dict) -> bool:
     enforced)."""
     runs = [block["run"] for block in results.values()
             if isinstance(block, dict) and isinstance(block.get("run"), dict)]
-    runs += [r["run"] for name in ("mpn_inference", "glyphs")
+    runs += [r["run"] for name in ("mpn_inference", "glyphs", "pipeline")
              for r in (results.get(name) or {}).get("runs", [])]
     agree = all(row["agree"] for row in evaluate_rows(results))
     agree &= all((r["result"] or {}).get("agree", False)
@@ -505,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="every script's tiny mode; writes into outputs/bench/tiny/ only")
     parser.add_argument("--runs", type=int, default=3,
                         help="runs of the MPN-inference script and of the Glyphs render")
+    parser.add_argument("--pipeline-runs", type=int, default=3,
+                        help="runs of `make run`'s command (0: not measured)")
     parser.add_argument("--mpn-sop", action="store_true",
                         help="MPN at inference at SOP size too (end to end with refine)")
     parser.add_argument("--out", type=Path, help="where RESULTS.md and results.json go "
@@ -512,8 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: rewrite RESULTS.md from the results.json there")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be ≥ 1")
+    if args.runs < 1 or args.pipeline_runs < 0:
+        parser.error("--runs must be ≥ 1 and --pipeline-runs ≥ 0")
     raw = OUT / "tiny" if args.tiny else OUT
     out = args.out or (raw if args.tiny else BENCH)
     if args.render_only:
@@ -528,10 +559,11 @@ def main(argv: list[str] | None = None) -> int:
              ("mpn_inference", lambda: bench_mpn_inference(raw, args.tiny, args.runs,
                                                            args.mpn_sop)),
              ("glyphs", lambda: bench_glyphs(raw, args.tiny, args.runs))]
+    if args.pipeline_runs:
+        steps.append(("pipeline", lambda: bench_pipeline(raw, args.tiny, args.pipeline_runs)))
     for name, step in steps:
         print(f"== {name}", flush=True)
         results[name] = step()
-    results["make_run"] = make_run_time()
     results["seconds"] = time.perf_counter() - start
     results["raw"] = _relative(raw)
     results["results_json"] = _relative(out / "results.json")

@@ -25,6 +25,12 @@ are not timed. The overhead is median(MPN step) / median(backbone step) − 1 (a
 median of the per-step ratios). Target: ≤ 5 %. Afterwards the optimiser step alone is timed
 for each (--steps times, on the last gradients), as the part of a step that grows with the
 number of weights (the MPN adds a layer and a classifier) rather than with the batch.
+
+Arithmetic: one further step of each variant runs under torch's FlopCounterMode, which counts
+the FLOPs of the matrix products and convolutions (forward and backward; not the elementwise
+work nor the optimiser). The MPN variant's extra FLOPs, as a share of the backbone-only step's,
+are the part of the overhead that no implementation of this network can avoid; beside it, the
+optimiser step's extra time as a share of the backbone-only step.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ibdml import accel
 from ibdml.config import Params, make_params
@@ -123,6 +130,14 @@ def optimiser_step_seconds(t: Trainer, device: torch.device, repeats: int) -> fl
     return statistics.median(times)
 
 
+def step_flops(t: Trainer, batch: tuple, p: Params, device: torch.device) -> int:
+    """FLOPs of the matrix products and convolutions in one training step (forward and
+    backward), counted by torch's FlopCounterMode; the step itself is a normal one."""
+    with FlopCounterMode(display=False) as counter:
+        train_epoch(t, [batch], p, device, progress=False)
+    return counter.get_total_flops()
+
+
 def parameter_count(t: Trainer) -> int:
     return sum(w.numel() for w in t.model.parameters() if w.requires_grad)
 
@@ -145,6 +160,7 @@ def measure_shape(name: str, shape: Shape, args: argparse.Namespace,
             if step >= args.warmup:
                 times[v].append(seconds)
                 losses[v].append(loss)
+    flops = {v: step_flops(t, batches[0], p, device) for v, (p, t) in runs.items()}
     optimiser = {v: optimiser_step_seconds(t, device, args.steps) for v, (_, t) in runs.items()}
     mpn, base = statistics.median(times["mpn"]), statistics.median(times["backbone"])
     ratios = [a / b for a, b in zip(times["mpn"], times["backbone"])]
@@ -156,6 +172,9 @@ def measure_shape(name: str, shape: Shape, args: argparse.Namespace,
             "mpn_images_per_s": batch / mpn, "backbone_images_per_s": batch / base,
             "mpn_optimiser_median_s": optimiser["mpn"],
             "backbone_optimiser_median_s": optimiser["backbone"],
+            "mpn_flops": flops["mpn"], "backbone_flops": flops["backbone"],
+            "flop_share": flops["mpn"] / flops["backbone"] - 1,
+            "optimiser_share": (optimiser["mpn"] - optimiser["backbone"]) / base,
             "mpn_parameters": parameter_count(runs["mpn"][1]),
             "backbone_parameters": parameter_count(runs["backbone"][1]),
             "overhead": mpn / base - 1, "overhead_paired": statistics.median(ratios) - 1,
@@ -173,7 +192,10 @@ def report(row: dict) -> str:
             f"         of which the optimiser step: {1000 * row['mpn_optimiser_median_s']:.1f} ms "
             f"({row['mpn_parameters'] / 1e6:.2f} M weights) against "
             f"{1000 * row['backbone_optimiser_median_s']:.1f} ms "
-            f"({row['backbone_parameters'] / 1e6:.2f} M)")
+            f"({row['backbone_parameters'] / 1e6:.2f} M)\n"
+            f"         the MPN's products and convolutions: {100 * row['flop_share']:+.2f} % of "
+            f"the step's FLOPs ({row['backbone_flops'] / 1e9:.1f} GFLOP without it); its "
+            f"optimiser step: {100 * row['optimiser_share']:+.1f} % of the backbone-only step")
 
 
 def run(args: argparse.Namespace) -> dict:

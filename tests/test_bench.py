@@ -80,6 +80,31 @@ def test_train_overhead_tiny_runs_both_variants(tmp_path):
     assert row["mpn_median_s"] > 0 and row["backbone_median_s"] > 0
     assert row["overhead"] == pytest.approx(row["mpn_median_s"] / row["backbone_median_s"] - 1)
     assert row["mpn_parameters"] > row["backbone_parameters"]  # the MPN variant has the MPN
+    # The MPN's arithmetic is counted, and is a small positive share of the step's.
+    assert row["mpn_flops"] > row["backbone_flops"] > 0
+    assert 0 < row["flop_share"] < 0.5
+
+
+def test_step_flops_counts_a_known_product(monkeypatch):
+    # A one-layer "model" whose step FLOPs are known: forward x·Wᵀ (2·B·D·C) and its backward
+    # (the weight gradient; the input needs none): 4·B·D·C in all.
+    bench = load_bench("train_overhead")
+    counted = []
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 3, bias=False)
+
+    def fake_epoch(t, batches, p, device, progress):
+        ((x,),) = batches
+        t.model.fc(x).sum().backward()
+        counted.append(True)
+
+    monkeypatch.setattr(bench, "train_epoch", fake_epoch)
+    trainer = argparse.Namespace(model=Linear())
+    flops = bench.step_flops(trainer, (torch.randn(5, 8),), None, torch.device("cpu"))
+    assert counted and flops == 4 * 5 * 8 * 3
 
 
 def test_train_overhead_variants_are_the_mpn_and_the_baseline():
@@ -120,7 +145,13 @@ def test_run_logged_saves_the_output_and_measures_other_work(tmp_path):
     assert run["cpu_available_s"] > 0
 
 
-def _fake_results(make_run):
+def _pipeline_run(seconds, train_s, rc=0, status="done"):
+    return {"run": {**_run(rc), "seconds": seconds},
+            "steps": {"01_train": {"status": status, "seconds": train_s},
+                      "02_evaluate": {"status": status, "seconds": 12.0}}}
+
+
+def _fake_results(pipeline):
     evaluate_row = {"set": "CUB", "n": 5924, "classes": 100, "smallest": 41, "largest": 60,
                     "ours": {"r_at_1": 0.71, "map_at_r": 0.14},
                     "pml": {"r_at_1": 0.71, "map_at_r": 0.14}, "max_abs_diff": 1e-7,
@@ -136,7 +167,8 @@ def _fake_results(make_run):
     overhead_row = {"shape": "SOP", "n_c": 15, "n_s": 6, "batch": 90, "mpn_heads": 8,
                     "classes": 11318, "mpn_median_s": 0.321, "backbone_median_s": 0.3,
                     "mpn_images_per_s": 280.4, "backbone_images_per_s": 300.0,
-                    "overhead": 0.07, "overhead_paired": 0.068, "met": False}
+                    "overhead": 0.07, "overhead_paired": 0.068, "met": False,
+                    "flop_share": 0.0616, "backbone_flops": 81.48e9, "optimiser_share": 0.089}
     mpn_row = {"kind": "clustered", "n": 5924, "search": 0.19, "vectorised": 0.25,
                "after": 0.06, "loop": 9.1, "agree": True}
     mpn_runs = [{"run": _run(), "result": {"agree": True, "rows": [
@@ -161,33 +193,33 @@ def _fake_results(make_run):
                                                            "classes": 200, "image_size": 32}}
                                 for s in (6.0, 6.4, 5.9)],
                        "median_s": 6.0, "params": "params/glyphs.yaml"},
-            "make_run": make_run}
+            "pipeline": pipeline}
 
 
-def test_make_run_time_sums_the_pipeline_steps(tmp_path):
-    pipeline = tmp_path / "pipeline.json"
-    assert run_all.make_run_time(pipeline)["measured"] is False
-    pipeline.write_text(json.dumps({
-        "01_train": {"status": "done", "seconds": 161.2, "finished": "2026-11-27 16:08:56"},
-        "02_evaluate": {"status": "done", "seconds": 12.0, "finished": "2026-11-27 16:09:08"}}))
-    timing = run_all.make_run_time(pipeline)
-    assert timing["measured"] and timing["all_done"]
-    assert timing["total_s"] == pytest.approx(173.2)
-    assert timing["finished"] == "2026-11-27 16:09:08"
+def _fake_pipeline():
+    return {"params": "params/glyphs.yaml", **run_all.summarise_pipeline(
+        [_pipeline_run(190.0, 160.0), _pipeline_run(200.0, 170.0), _pipeline_run(195.0, 162.0),
+         _pipeline_run(20.0, 10.0, rc=1, status="failed")])}
+
+
+def test_pipeline_summary_takes_medians_of_the_finished_runs():
+    summary = _fake_pipeline()
+    assert summary["done"] == 3 and len(summary["runs"]) == 4  # the failed run is not timed
+    assert summary["median_s"] == 195.0
+    assert summary["steps_median_s"] == {"01_train": 162.0, "02_evaluate": 12.0}
+    nothing = run_all.summarise_pipeline([_pipeline_run(5.0, 1.0, rc=1)])
+    assert nothing["median_s"] is None and nothing["done"] == 0
 
 
 def test_mpn_inference_summary_takes_medians_of_runs():
-    (row,) = _fake_results({"measured": False})["mpn_inference"]["summary"]
+    (row,) = _fake_results(None)["mpn_inference"]["summary"]
     assert row["runs"] == 3 and row["loop"] == 9.0 and row["vectorised"] == 0.25
     assert row["speedup"] == pytest.approx(statistics.median([36.0, 32.0, 44.0]))
     assert row["agree"] is True
 
 
-def test_results_markdown_reports_what_was_measured_and_the_targets(tmp_path):
-    pipeline = tmp_path / "pipeline.json"
-    pipeline.write_text(json.dumps({"01_train": {"status": "done", "seconds": 100.0,
-                                                 "finished": "2026-11-27 16:08:56"}}))
-    results = _fake_results(run_all.make_run_time(pipeline))
+def test_results_markdown_reports_what_was_measured_and_the_targets():
+    results = _fake_results(_fake_pipeline())
     text = run_all.render(results)
     assert "AMD EPYC, 2 cores" in text and "23.4 GiB" in text and "2026-11-27" in text
     assert "torch 2.14.1" in text and "faiss-cpu 1.15.1" in text and "learning 2.9.0" in text
@@ -200,15 +232,19 @@ def test_results_markdown_reports_what_was_measured_and_the_targets(tmp_path):
     assert rows["evaluation (R@1 + MAP@R), N = 60,502 (SOP)"].endswith("**no** |")
     assert rows["training step with MPN, SOP 15 × 6"].endswith("**no** |")
     assert "+7.0 %" in rows["training step with MPN, SOP 15 × 6"]
+    overhead = text.split("## MPN training overhead")[1].split("\n## ")[0]
+    assert "| +6.2 % of 81.5 GFLOP | +8.9 % |" in overhead
     assert "36× faster" in summary  # median of the per-run loop / vectorised ratios
     assert "| Glyphs cache, cold render | 6.0 s |" in summary
-    assert "| `make run` (sum of the pipeline's steps) | 100 s |" in summary
+    assert "| `make run` (`ibdml run params/glyphs.yaml`, wall time) | 195 s |" in summary
+    assert "median **195 s** (190, 200, 195, 20 s); 1 run(s) failed" in text
+    assert "01_train 162.0 s, 02_evaluate 12.0 s" in text
     assert "0.10 → 0.20" in text  # load averages recorded
     assert "evaluate 0.2 of 2" in text  # and the CPU time other processes took
 
 
 def test_results_markdown_without_pml_or_pipeline():
-    results = _fake_results(run_all.make_run_time(run_all.ROOT / "no-such" / "pipeline.json"))
+    results = _fake_results(None)
     results["evaluate"]["result"] = {"skipped": "pytorch-metric-learning is not installed",
                                      "rows": [], "threads": {}}
     text = run_all.render(results)
