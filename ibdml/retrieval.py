@@ -30,15 +30,11 @@ from ibdml.accel import search_device
 BACKENDS = ("auto", "faiss", "torch")
 # faiss-gpu's k-selection stops at k = 2048 (faiss#2103); larger searches stay on the CPU index.
 _FAISS_GPU_MAX_K = 2048
-# Window sizes of the exact top-k shortcuts (`_topk_rows`, `_topk_columns`), tuned on this CPU.
+# Window size of the exact top-k shortcut `_topk_rows`, tuned on this CPU.
 _ROW_WINDOW = 64
-_COLUMN_GROUP = 16
-# The symmetric self-search (`_search_self_symmetric`) pays off for small k and many chunks; for
-# larger k, or few chunks, its extra selections cost more than the FLOPs it saves (measured on
-# 2 cores at N = 5,924 / 20,000 / 60,502).
-_SYMMETRIC_MAX_K = 32
-_SYMMETRIC_MIN_CHUNKS = 3
-_MAX_HANDED_ON = 8
+# Rows per block of the CPU self-search (`_search_self_heaps`): measured best on 2 cores at
+# N = 5,924 (k = 59), 20,000 (k = 29) and 60,502 (k = 11) among 256, 512 and 1,024.
+_HEAP_CHUNK = 512
 # Largest k for which k-means starts from k-means++ centres (see `kmeans`).
 _KMEANS_PP_MAX_K = 1024
 
@@ -74,21 +70,20 @@ def nearest_neighbours(
         k: neighbours per query, 1 ≤ k ≤ Nr (Nr − 1 with `exclude_self`).
         exclude_self: only with reference=None: remove each query's own row BY INDEX, so an exact
             duplicate of the query stays in the list and the query itself never does.
-        backend: 'faiss' (IndexFlatIP), 'torch' (chunked products + topk, no faiss needed), or
-            'auto': with a GPU, faiss-gpu when usable, else torch on the GPU; without one,
-            torch for a symmetric self-search (below), otherwise faiss when importable,
-            otherwise torch. Either backend runs on a GPU when there is one (module docstring).
+        backend: 'faiss' (faiss's k-selection: IndexFlatIP, or on the CPU for a self-search the
+            symmetric search below), 'torch' (chunked products + topk, no faiss needed), or
+            'auto': with a GPU, faiss-gpu when usable, else torch on the GPU; without one, faiss
+            when importable, otherwise torch. Either backend runs on a GPU when there is one
+            (module docstring).
         chunk_size: query rows per block for the torch backend; memory is O(chunk_size · Nr).
 
     Returns:
         (similarities [Nq, k] float32, descending; indices [Nq, k] int64 into the reference), on
         the queries' device. The order among exactly tied similarities is unspecified.
 
-    A self-search (reference=None) with k ≤ 32 over more than 2 chunks of rows runs symmetric on
-    the torch backend: each pair's product is computed once, half the FLOPs of a full X Xᵀ (see
-    `_search_self_symmetric`). That is the Recall@1/MAP@R search on SOP (k = 11); on a 2-core CPU
-    at N = 60,502, D = 512, k = 12 it took 13.7 s against faiss's 16.9 s. Below 3 chunks, or for
-    larger k, its extra selections cost more than it saves, and faiss is used.
+    On the CPU with faiss, a self-search (reference=None) computes each pair's product once, half
+    the FLOPs of faiss's full X Xᵀ, and selects with faiss's heaps (`_search_self_heaps`). On a
+    2-core CPU, D = 512, it took 1.3 s against IndexFlatIP's 1.9 s at N = 20,000, k = 29.
 
     Example: three points on the unit circle at 0°, 10° and 90°:
         >>> x = torch.tensor([[1.0, 0.0], [0.985, 0.174], [0.0, 1.0]])
@@ -108,20 +103,18 @@ def nearest_neighbours(
     _check_k(k, n_reference, exclude_self)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}.")
-    symmetric = reference is None and _symmetric_pays_off(len(queries), k, chunk_size)
     k_search = k + int(exclude_self)
-    backend = _resolve_backend(backend, queries.device, k_search, prefer_torch=symmetric)
+    backend = _resolve_backend(backend, queries.device, k_search)
 
     if backend == "faiss":
+        if reference is None and not _faiss_gpu_usable(k_search):
+            sims, idx = _search_self_heaps(queries.cpu(), k, exclude_self)
+            return sims.to(queries.device), idx.to(queries.device)
         return _search_faiss(queries, reference, k, exclude_self)
     home, device = queries.device, search_device(queries.device)  # the GPU when there is one
     queries = queries.to(device)
-    reference = None if reference is None else reference.to(device)
-    if symmetric:
-        sims, idx = _search_self_symmetric(queries, k, exclude_self, chunk_size)
-    else:
-        reference = queries if reference is None else reference
-        sims, idx = _search_torch(queries, reference, k, exclude_self, chunk_size)
+    reference = queries if reference is None else reference.to(device)
+    sims, idx = _search_torch(queries, reference, k, exclude_self, chunk_size)
     return sims.to(home), idx.to(home)
 
 
@@ -235,8 +228,7 @@ def _check_k(k: int, n_reference: int, exclude_self: bool) -> None:
         )
 
 
-def _resolve_backend(backend: str, device: torch.device, k_search: int,
-                     prefer_torch: bool) -> str:
+def _resolve_backend(backend: str, device: torch.device, k_search: int) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
     if backend == "faiss" and not faiss_available():
@@ -247,16 +239,10 @@ def _resolve_backend(backend: str, device: torch.device, k_search: int,
     if backend == "auto":
         if _faiss_gpu_usable(k_search):
             return "faiss"
-        # On a GPU the chunked torch search takes seconds even for SOP (§14); on the CPU a
-        # symmetric self-search beats faiss's full X Xᵀ.
-        use_torch = (search_device(device).type == "cuda" or prefer_torch
-                     or not faiss_available())
+        # On a GPU the chunked torch search takes seconds even for SOP (§14).
+        use_torch = search_device(device).type == "cuda" or not faiss_available()
         return "torch" if use_torch else "faiss"
     return backend
-
-
-def _symmetric_pays_off(n: int, k: int, chunk_size: int) -> bool:
-    return k <= _SYMMETRIC_MAX_K and n > (_SYMMETRIC_MIN_CHUNKS - 1) * chunk_size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +297,51 @@ def _drop_own_index(sims: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor
     return sims[keep].view(-1, k), idx[keep].view(-1, k)
 
 
+def _search_self_heaps(
+    x: torch.Tensor, k: int, exclude_self: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-search of x [N, D] on the CPU that computes each pair's product once: half the FLOPs
+    of faiss's full X Xᵀ, with faiss's own k-selection (one min-heap of k per row).
+
+    Chunk [start, stop) is multiplied only by rows ≥ start: block = X[start:stop] X[start:]ᵀ
+    [c, N − start]. Its rows go into the chunk's heaps (candidates among columns ≥ start); its
+    columns past the chunk, transposed, go into every later row's heap (candidates among this
+    chunk's rows). Each row's heap thus sees every other row exactly once, and holds its exact
+    top-k at the end. The own index is masked by index (-inf never enters a heap).
+    """
+    import faiss
+
+    n, chunk = len(x), min(_HEAP_CHUNK, len(x))
+    data = x.numpy()
+    sims = np.empty((n, k), dtype=np.float32)
+    idx = np.empty((n, k), dtype=np.int64)
+    heaps = faiss.float_minheap_array_t()  # keeps the k largest; its top is the smallest kept
+    heaps.k, heaps.nh = k, n
+    heaps.val, heaps.ids = faiss.swig_ptr(sims), faiss.swig_ptr(idx)
+    heaps.heapify()
+    rows, columns = _product_buffer(chunk, n, x.device), _product_buffer(chunk, n, x.device)
+    # One OpenMP thread for the heaps: numpy's OpenBLAS threads keep spinning after each product,
+    # and faiss's 2-thread heap passes sharing a core with them made the search 1.6× slower.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            c = stop - start
+            block = _inner_products(x[start:stop], x[start:], rows).numpy()  # [c, n - start]
+            if exclude_self:
+                np.fill_diagonal(block, -np.inf)  # (i, i): each query's own index, by index
+            heaps.addn(n - start, faiss.swig_ptr(block), start, start, c)
+            if stop < n:
+                later = columns[: (n - stop) * c].reshape(n - stop, c)  # block[:, c:]ᵀ
+                torch.from_numpy(later).copy_(torch.from_numpy(block[:, c:]).T)
+                heaps.addn(c, faiss.swig_ptr(later), start, stop, n - stop)
+        heaps.reorder()  # each row's heap sorted: descending similarity
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return torch.from_numpy(sims), torch.from_numpy(idx)
+
+
 # ---------------------------------------------------------------------------------------------
 # torch backend
 # ---------------------------------------------------------------------------------------------
@@ -332,52 +363,6 @@ def _search_torch(
         all_sims.append(sims)
         all_idx.append(idx)
     return torch.cat(all_sims), torch.cat(all_idx)
-
-
-def _search_self_symmetric(
-    x: torch.Tensor, k: int, exclude_self: bool, chunk_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Self-search that computes each pair's inner product once: half the FLOPs of X Xᵀ.
-
-    Chunk [start, stop) is multiplied only by rows ≥ start: block = X[start:stop] X[start:]ᵀ.
-    Read along its rows, the block gives the chunk's rows their candidates among columns ≥ start;
-    read down its columns, it gives every later row its candidates among this chunk's rows, kept
-    in `handed_on` until that row's own chunk comes. Each row's candidates thus cover every other
-    row exactly once, and their top-k is the exact answer.
-    """
-    n = len(x)
-    buffer = _product_buffer(min(chunk_size, n), n, x.device)
-    handed_on = []  # (first row, sims [n - first, k'], idx): candidates for rows ≥ first
-    all_sims, all_idx = [], []
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        block = _inner_products(x[start:stop], x[start:], buffer)  # [c, n - start]
-        if exclude_self:
-            block.diagonal().fill_(float("-inf"))  # (i, i): each query's own index, by index
-        # What earlier chunks handed on: list f covers rows ≥ f, so row r sits at r - f.
-        candidates = [(s[start - f : stop - f], i[start - f : stop - f]) for f, s, i in handed_on]
-        # Never take more than the genuine candidates, so a masked own index is never selected.
-        k_rows = min(k, n - start - int(exclude_self))
-        if k_rows > 0:
-            sims, idx = _topk_rows(block, k_rows)
-            candidates.append((sims, idx + start))
-        sims, order = torch.cat([c[0] for c in candidates], dim=1).topk(k, dim=1)
-        all_sims.append(sims)
-        all_idx.append(torch.cat([c[1] for c in candidates], dim=1).gather(1, order))
-        if stop < n:
-            sims, idx = _topk_columns(block[:, stop - start :], min(k, stop - start))
-            handed_on.append((stop, sims, idx + start))
-            if len(handed_on) > _MAX_HANDED_ON:  # bound the per-chunk work when chunks are tiny
-                handed_on = [_merge_handed_on(handed_on, stop, k)]
-    return torch.cat(all_sims), torch.cat(all_idx)
-
-
-def _merge_handed_on(handed_on: list, first: int, k: int) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """Merge candidate lists for rows ≥ first into one (first, sims [n - first, k], idx)."""
-    sims = torch.cat([s[first - f :] for f, s, _ in handed_on], dim=1)
-    idx = torch.cat([i[first - f :] for f, _, i in handed_on], dim=1)
-    top_sims, order = sims.topk(min(k, sims.shape[1]), dim=1)
-    return first, top_sims, idx.gather(1, order)
 
 
 def _topk_rows(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -402,26 +387,6 @@ def _topk_rows(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     columns = torch.cat([columns, tail], dim=1)  # candidate columns [m, k·64 + tail]
     sims, order = block.gather(1, columns).topk(k, dim=1)
     return sims, columns.gather(1, order)
-
-
-def _topk_columns(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of every column of block [m, n]: (values [n, k], row indices [n, k]), exact.
-
-    topk along dim 0 strides through memory (measured ~3× slower than along rows). The same idea
-    as `_topk_rows`, down the columns: the max of each group of 16 consecutive rows, the k groups
-    with the largest maxima per column, and only those k·16 candidate rows ranked.
-    """
-    m, n = block.shape
-    group = _COLUMN_GROUP
-    if m % group or m <= k * group:  # groups do not tile the rows, or nothing to gain
-        sims, idx = block.topk(k, dim=0)
-        return sims.T, idx.T
-    group_max = block.view(m // group, group, n).amax(dim=1)  # [m/g, n]
-    top_groups = group_max.topk(k, dim=0).indices  # [k, n]
-    offsets = torch.arange(group, device=block.device)[None, :, None]
-    rows = (top_groups[:, None, :] * group + offsets).reshape(k * group, n)  # candidate rows
-    sims, order = block.gather(0, rows).topk(k, dim=0)  # [k, n]
-    return sims.T, rows.gather(0, order).T
 
 
 def _product_buffer(rows: int, cols: int, device: torch.device) -> np.ndarray | None:

@@ -37,7 +37,6 @@ def brute_force(queries, reference, k, exclude_self=False):
 def test_faiss_and_torch_agree_on_a_self_search(exclude_self):
     x = unit_rows(600)
     f_sims, f_idx = nearest_neighbours(x, k=8, exclude_self=exclude_self, backend="faiss")
-    # chunk 128 → 5 chunks: the symmetric self-search; chunk 4096 → the plain one.
     for chunk in (128, 4096):
         t_sims, t_idx = nearest_neighbours(
             x, k=8, exclude_self=exclude_self, backend="torch", chunk_size=chunk
@@ -55,11 +54,40 @@ def test_faiss_and_torch_agree_with_a_separate_reference():
     torch.testing.assert_close(f_sims, t_sims, atol=1e-5, rtol=0)
 
 
+@needs_faiss
+@pytest.mark.parametrize("chunk", [1, 7, 64, 512, 700])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_symmetric_heap_search_equals_brute_force(monkeypatch, chunk, exclude_self):
+    # n = 600: one-row chunks, uneven chunks (7 leaves 5 rows at the end), and one chunk of all.
+    monkeypatch.setattr(retrieval, "_HEAP_CHUNK", chunk)
+    x = unit_rows(600, dim=16, seed=8)
+    want_sims, want_idx = brute_force(x, x, 7, exclude_self)
+    sims, idx = nearest_neighbours(x, k=7, exclude_self=exclude_self, backend="faiss")
+    assert torch.equal(idx, want_idx)
+    torch.testing.assert_close(sims, want_sims, atol=1e-5, rtol=0)
+
+
+@needs_faiss
+def test_symmetric_heap_search_takes_every_other_row_and_restores_faiss_threads(monkeypatch):
+    # k = n - 1: every row's heap must end up holding all other rows, whichever chunk gave them.
+    import faiss
+
+    monkeypatch.setattr(retrieval, "_HEAP_CHUNK", 3)
+    threads = faiss.omp_get_max_threads()
+    x = unit_rows(10, dim=4, seed=10)
+    sims, idx = nearest_neighbours(x, k=9, exclude_self=True, backend="faiss")
+    assert [sorted(row) for row in idx.tolist()] == [
+        [j for j in range(10) if j != i] for i in range(10)
+    ]
+    assert bool((sims[:, :-1] >= sims[:, 1:]).all())
+    assert faiss.omp_get_max_threads() == threads
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 16, 64, 96, 100, 256, 2000])
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_chunked_torch_equals_unchunked_brute_force(chunk, exclude_self):
-    # n = 1500 and k = 5: chunks 96 and 256 take both exact top-k shortcuts (row windows,
-    # column groups), the others their plain fallbacks; 2000 is one plain chunk.
+    # n = 1500 and k = 5: chunks 96 and 256 take the exact top-k shortcut (row windows), the
+    # others its plain fallback; 2000 is one plain chunk.
     x = unit_rows(1500, dim=16, seed=3)
     want_sims, want_idx = brute_force(x, x, 5, exclude_self)
     sims, idx = nearest_neighbours(x, k=5, exclude_self=exclude_self, backend="torch",
@@ -78,7 +106,7 @@ def test_chunked_torch_with_reference_equals_brute_force(chunk):
 
 
 @pytest.mark.parametrize("shape, k", [((96, 3000), 5), ((160, 1300), 3), ((64, 5000), 1)])
-def test_top_k_shortcuts_equal_torch_topk(shape, k):
+def test_top_k_shortcut_equals_torch_topk(shape, k):
     # Coarse values force many ties and a -inf entry per row mimics the masked own index; with
     # ties the indices may differ, so check the values and that the indices point at them.
     g = torch.Generator().manual_seed(9)
@@ -87,9 +115,6 @@ def test_top_k_shortcuts_equal_torch_topk(shape, k):
     sims, idx = retrieval._topk_rows(block, k)
     assert torch.equal(sims, block.topk(k, dim=1).values)
     assert torch.equal(block.gather(1, idx), sims) and _distinct_per_row(idx)
-    sims, idx = retrieval._topk_columns(block, k)
-    assert torch.equal(sims, block.topk(k, dim=0).values.T)
-    assert torch.equal(block.T.gather(1, idx), sims) and _distinct_per_row(idx)
 
 
 def _distinct_per_row(idx: torch.Tensor) -> bool:
@@ -114,9 +139,10 @@ BACKENDS = ["torch"] + (["faiss"] if faiss_available() else [])
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("chunk", [2, 4096])
-def test_self_excluded_by_index_among_exact_duplicates(backend, chunk):
+def test_self_excluded_by_index_among_exact_duplicates(monkeypatch, backend, chunk):
     # Rows 0..4 are exact duplicates. Each of them must list the other four (similarity 1) and
     # never itself; dropping column 0 would instead drop whichever duplicate sorted first.
+    monkeypatch.setattr(retrieval, "_HEAP_CHUNK", chunk)  # faiss's self-search: chunks of rows
     x = unit_rows(40, dim=8, seed=6)
     x[1:5] = x[0]
     sims, idx = nearest_neighbours(x, k=4, exclude_self=True, backend=backend, chunk_size=chunk)
@@ -129,9 +155,10 @@ def test_self_excluded_by_index_among_exact_duplicates(backend, chunk):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_self_never_returned_when_duplicates_outnumber_k(backend):
+def test_self_never_returned_when_duplicates_outnumber_k(monkeypatch, backend):
     # Ten identical rows and k = 2: ties among the ten decide which two come back, but the query
     # itself never does (faiss's k+1 list may not even hold the query: the last column is dropped).
+    monkeypatch.setattr(retrieval, "_HEAP_CHUNK", 4)
     x = unit_rows(30, dim=8, seed=7)
     x[:10] = x[0]
     _, idx = nearest_neighbours(x, k=2, exclude_self=True, backend=backend, chunk_size=4)
@@ -284,10 +311,10 @@ class FakeFaiss:
 def test_faiss_without_a_gpu_searches_on_the_cpu_index(monkeypatch, backend):
     fake = FakeFaiss(gpus=0)  # faiss-cpu, or faiss-gpu imported on a machine without a GPU
     monkeypatch.setitem(sys.modules, "faiss", fake)
-    x = unit_rows(50)
-    _, idx = nearest_neighbours(x, k=3, exclude_self=True, backend=backend)
+    queries, reference = unit_rows(40, seed=3), unit_rows(60, seed=4)
+    _, idx = nearest_neighbours(queries, reference, k=3, backend=backend)
     assert fake.moved_to == []
-    assert torch.equal(idx, brute_force(x, x, 3, exclude_self=True)[1])
+    assert torch.equal(idx, brute_force(queries, reference, 3)[1])
 
 
 @pytest.mark.parametrize("backend", ["auto", "faiss"])
@@ -315,9 +342,8 @@ def test_faiss_gpu_is_used_only_up_to_k_2048_and_only_when_it_counts_gpus(monkey
 def test_auto_uses_torch_on_a_visible_gpu_when_faiss_cannot(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", FakeFaiss(gpus=0))
     cpu = torch.device("cpu")
-    assert retrieval._resolve_backend("auto", cpu, 4, prefer_torch=False) == "faiss"
+    assert retrieval._resolve_backend("auto", cpu, 4) == "faiss"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    assert retrieval._resolve_backend("auto", cpu, 4, prefer_torch=False) == "torch"
-    assert retrieval._resolve_backend("auto", torch.device("cuda", 0), 4,
-                                      prefer_torch=False) == "torch"
+    assert retrieval._resolve_backend("auto", cpu, 4) == "torch"
+    assert retrieval._resolve_backend("auto", torch.device("cuda", 0), 4) == "torch"
