@@ -68,19 +68,15 @@ def test_symmetric_heap_search_equals_brute_force(monkeypatch, chunk, exclude_se
 
 
 @needs_faiss
-def test_symmetric_heap_search_takes_every_other_row_and_restores_faiss_threads(monkeypatch):
+def test_symmetric_heap_search_gives_every_row_all_other_rows(monkeypatch):
     # k = n - 1: every row's heap must end up holding all other rows, whichever chunk gave them.
-    import faiss
-
     monkeypatch.setattr(retrieval, "_HEAP_CHUNK", 3)
-    threads = faiss.omp_get_max_threads()
     x = unit_rows(10, dim=4, seed=10)
     sims, idx = nearest_neighbours(x, k=9, exclude_self=True, backend="faiss")
     assert [sorted(row) for row in idx.tolist()] == [
         [j for j in range(10) if j != i] for i in range(10)
     ]
     assert bool((sims[:, :-1] >= sims[:, 1:]).all())
-    assert faiss.omp_get_max_threads() == threads
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 16, 64, 96, 100, 256, 2000])
