@@ -29,7 +29,7 @@ search, label handling (np.unique, R_i, neighbour labels), Recall@K and MAP@R; P
 search (its `FaissKNN`) against the rest of `get_accuracy`.
 
 Backends: ours is observed, not assumed (which of `ibdml.retrieval`'s search paths ran: faiss
-IndexFlatIP, the symmetric self-search (torch products, faiss heaps), or the chunked torch search);
+IndexFlatIP, the symmetric self-search (faiss heaps), or the chunked torch search);
 PML uses faiss IndexFlatL2 (on a GPU only when PML's device is CUDA and faiss sees one). The
 thread pools of torch, faiss (OpenMP, its own OpenBLAS) and numpy (OpenBLAS) are reported as
 found.
@@ -132,7 +132,7 @@ def pml(calculator, x: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
 
 
 SEARCH_PATHS = {"_search_faiss": "faiss IndexFlatIP",
-                "_search_self_heaps": "symmetric self-search (torch products, faiss heaps)",
+                "_search_self_heaps": "symmetric self-search (faiss heaps)",
                 "_search_torch": "chunked torch search"}
 
 

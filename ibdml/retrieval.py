@@ -32,10 +32,12 @@ BACKENDS = ("auto", "faiss", "torch")
 _FAISS_GPU_MAX_K = 2048
 # Window size of the exact top-k shortcut `_topk_rows`, tuned on this CPU.
 _ROW_WINDOW = 64
-# Rows per block of the CPU self-search (`_search_self_heaps`): measured on 2 cores at N = 5,924
-# (k = 59), 20,000 (k = 29) and 60,502 (k = 11); 256 was 6 % faster at the first, 4–5 % slower
-# at the others.
-_HEAP_CHUNK = 512
+# The CPU self-search (`_search_self_heaps`): the largest N for which torch, not numpy, computes
+# its products, and rows per block either way; measured on 2 cores at N = 5,924 (k = 59), 10,000
+# (k = 45), 20,000 (k = 29) and 60,502 (k = 11).
+_TORCH_PRODUCTS_MAX_N = 10_000
+_TORCH_CHUNK = 256
+_NUMPY_CHUNK = 512
 # Largest k for which k-means starts from k-means++ centres (see `kmeans`).
 _KMEANS_PP_MAX_K = 1024
 
@@ -304,21 +306,24 @@ def _search_self_heaps(
     """Self-search of x [N, D] on the CPU that computes each pair's product once: half the FLOPs
     of faiss's full X Xᵀ, with faiss's own k-selection (one min-heap of k per row).
 
-    Chunk [start, stop) is multiplied only by rows ≥ start: block = X[start:] X[start:stop]ᵀ
-    [N − start, c]. Its rows past the chunk give every later row its candidates among this
-    chunk's rows; its transpose gives the chunk's rows their candidates among all rows ≥ start.
-    Each row's heap thus sees every other row exactly once, and holds its exact top-k at the end.
-    The own index is masked by index (-inf never enters a heap).
+    Chunk [start, stop) is multiplied only by rows ≥ start: block = X[start:stop] X[start:]ᵀ
+    [c, N − start]. Its rows go into the chunk's heaps (candidates among columns ≥ start); its
+    columns past the chunk, transposed, go into every later row's heap (candidates among this
+    chunk's rows). Each row's heap thus sees every other row exactly once, and holds its exact
+    top-k at the end. The own index is masked by index (-inf never enters a heap).
 
-    The products run in torch, not numpy, although numpy's OpenBLAS multiplies faster here: its
-    threads keep spinning for a while after each product, and faiss's two heap threads competing
-    with them ran 1.6× slower; after torch's products they run at full speed. On 2 cores at
-    N = 5,924, k = 59 the search took 0.15 s this way, 0.18 s with numpy's products and one heap
-    thread, and 0.21 s in IndexFlatIP.
+    Who multiplies: numpy's OpenBLAS is the faster BLAS here, but its threads keep spinning for a
+    while after each product, and faiss's heap threads competing with them ran 1.6× slower. So
+    up to _TORCH_PRODUCTS_MAX_N rows torch multiplies and the heaps keep all their threads; above
+    it numpy multiplies and the heaps run on one. On 2 cores the torch way was 14 % faster at
+    N = 5,924 (k = 59) and 6 % at 10,000 (k = 45); at 20,000 (k = 29) the two were within ±4 %
+    run to run, and at 60,502 (k = 11) the numpy way was 12 % faster (11.2 s against 12.7 s).
     """
     import faiss
 
-    n, chunk = len(x), min(_HEAP_CHUNK, len(x))
+    n = len(x)
+    torch_products = n <= _TORCH_PRODUCTS_MAX_N
+    chunk = min(_TORCH_CHUNK if torch_products else _NUMPY_CHUNK, n)
     sims = np.empty((n, k), dtype=np.float32)
     idx = np.empty((n, k), dtype=np.int64)
     heaps = faiss.float_minheap_array_t()  # keeps the k largest; its top is the smallest kept
@@ -326,20 +331,28 @@ def _search_self_heaps(
     heaps.val, heaps.ids = faiss.swig_ptr(sims), faiss.swig_ptr(idx)
     heaps.heapify()
     # Two reused buffers: a fresh block per chunk would cost page faults every time.
-    columns_buffer, rows_buffer = torch.empty(chunk * n), torch.empty(chunk * n)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        c = stop - start
-        columns = columns_buffer[: (n - start) * c].view(n - start, c)
-        torch.mm(x[start:], x[start:stop].T, out=columns)  # [n - start, c]
-        rows = rows_buffer[: c * (n - start)].view(c, n - start)
-        rows.copy_(columns.T)  # [c, n - start]: the chunk's rows
-        if exclude_self:
-            rows.fill_diagonal_(float("-inf"))  # (i, i): each query's own index, by index
-        heaps.addn(n - start, faiss.swig_ptr(rows.numpy()), start, start, c)
-        if stop < n:  # later rows, against this chunk's rows
-            heaps.addn(c, faiss.swig_ptr(columns[c:].numpy()), start, stop, n - stop)
-    heaps.reorder()  # each row's heap sorted: descending similarity
+    rows_buffer, columns_buffer = torch.empty(chunk * n), torch.empty(chunk * n)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads if torch_products else 1)
+    try:
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            c = stop - start
+            block = rows_buffer[: c * (n - start)].view(c, n - start)
+            if torch_products:
+                torch.mm(x[start:stop], x[start:].T, out=block)  # [c, n - start]
+            else:
+                np.matmul(x[start:stop].numpy(), x[start:].numpy().T, out=block.numpy())
+            if exclude_self:
+                block.fill_diagonal_(float("-inf"))  # (i, i): each query's own index, by index
+            heaps.addn(n - start, faiss.swig_ptr(block.numpy()), start, start, c)
+            if stop < n:  # later rows, against this chunk's rows
+                later = columns_buffer[: (n - stop) * c].view(n - stop, c)
+                later.copy_(block[:, c:].T)
+                heaps.addn(c, faiss.swig_ptr(later.numpy()), start, stop, n - stop)
+        heaps.reorder()  # each row's heap sorted: descending similarity
+    finally:
+        faiss.omp_set_num_threads(threads)
     return torch.from_numpy(sims), torch.from_numpy(idx)
 
 

@@ -54,12 +54,21 @@ def test_faiss_and_torch_agree_with_a_separate_reference():
     torch.testing.assert_close(f_sims, t_sims, atol=1e-5, rtol=0)
 
 
+def heap_chunks(monkeypatch, chunk: int, torch_products: bool = True) -> None:
+    """Rows per block of the CPU self-search, and which library multiplies there."""
+    monkeypatch.setattr(retrieval, "_TORCH_CHUNK", chunk)
+    monkeypatch.setattr(retrieval, "_NUMPY_CHUNK", chunk)
+    monkeypatch.setattr(retrieval, "_TORCH_PRODUCTS_MAX_N", 10**9 if torch_products else 0)
+
+
 @needs_faiss
 @pytest.mark.parametrize("chunk", [1, 7, 64, 512, 700])
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_symmetric_heap_search_equals_brute_force(monkeypatch, chunk, exclude_self):
+@pytest.mark.parametrize("torch_products", [True, False])
+def test_symmetric_heap_search_equals_brute_force(monkeypatch, chunk, exclude_self,
+                                                  torch_products):
     # n = 600: one-row chunks, uneven chunks (7 leaves 5 rows at the end), and one chunk of all.
-    monkeypatch.setattr(retrieval, "_HEAP_CHUNK", chunk)
+    heap_chunks(monkeypatch, chunk, torch_products)
     x = unit_rows(600, dim=16, seed=8)
     want_sims, want_idx = brute_force(x, x, 7, exclude_self)
     sims, idx = nearest_neighbours(x, k=7, exclude_self=exclude_self, backend="faiss")
@@ -68,15 +77,22 @@ def test_symmetric_heap_search_equals_brute_force(monkeypatch, chunk, exclude_se
 
 
 @needs_faiss
-def test_symmetric_heap_search_gives_every_row_all_other_rows(monkeypatch):
+@pytest.mark.parametrize("torch_products", [True, False])
+def test_symmetric_heap_search_gives_every_row_all_others_and_restores_threads(monkeypatch,
+                                                                               torch_products):
     # k = n - 1: every row's heap must end up holding all other rows, whichever chunk gave them.
-    monkeypatch.setattr(retrieval, "_HEAP_CHUNK", 3)
+    # The numpy way runs faiss on one thread meanwhile; faiss's setting must come back after.
+    import faiss
+
+    heap_chunks(monkeypatch, 3, torch_products)
+    threads = faiss.omp_get_max_threads()
     x = unit_rows(10, dim=4, seed=10)
     sims, idx = nearest_neighbours(x, k=9, exclude_self=True, backend="faiss")
     assert [sorted(row) for row in idx.tolist()] == [
         [j for j in range(10) if j != i] for i in range(10)
     ]
     assert bool((sims[:, :-1] >= sims[:, 1:]).all())
+    assert faiss.omp_get_max_threads() == threads
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 16, 64, 96, 100, 256, 2000])
@@ -138,7 +154,7 @@ BACKENDS = ["torch"] + (["faiss"] if faiss_available() else [])
 def test_self_excluded_by_index_among_exact_duplicates(monkeypatch, backend, chunk):
     # Rows 0..4 are exact duplicates. Each of them must list the other four (similarity 1) and
     # never itself; dropping column 0 would instead drop whichever duplicate sorted first.
-    monkeypatch.setattr(retrieval, "_HEAP_CHUNK", chunk)  # faiss's self-search: chunks of rows
+    heap_chunks(monkeypatch, chunk)  # faiss's self-search: chunks of rows
     x = unit_rows(40, dim=8, seed=6)
     x[1:5] = x[0]
     sims, idx = nearest_neighbours(x, k=4, exclude_self=True, backend=backend, chunk_size=chunk)
@@ -154,7 +170,7 @@ def test_self_excluded_by_index_among_exact_duplicates(monkeypatch, backend, chu
 def test_self_never_returned_when_duplicates_outnumber_k(monkeypatch, backend):
     # Ten identical rows and k = 2: ties among the ten decide which two come back, but the query
     # itself never does (faiss's k+1 list may not even hold the query: the last column is dropped).
-    monkeypatch.setattr(retrieval, "_HEAP_CHUNK", 4)
+    heap_chunks(monkeypatch, 4)
     x = unit_rows(30, dim=8, seed=7)
     x[:10] = x[0]
     _, idx = nearest_neighbours(x, k=2, exclude_self=True, backend=backend, chunk_size=4)
