@@ -14,7 +14,9 @@ the failing cell and the error; everything written before stays, and so does the
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -118,14 +120,30 @@ def _execute(source: Path, executed: Path, parameters: dict[str, Any],
 
     executed.parent.mkdir(parents=True, exist_ok=True)
     try:
-        papermill.execute_notebook(source, executed, parameters=parameters, kernel_name=KERNEL,
-                                   cwd=str(notebook_dir), log_output=True, progress_bar=False)
+        with _no_jupyter_session():
+            papermill.execute_notebook(source, executed, parameters=parameters,
+                                       kernel_name=KERNEL, cwd=str(notebook_dir),
+                                       log_output=True, progress_bar=False)
     except papermill.PapermillExecutionError as e:
         raise PipelineError(
             f"{source.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
             f"The executed notebook is kept for inspection: {executed}\n"
             "Outputs written so far are kept; fix the cause and run the same command again "
             "to resume.") from None
+
+
+@contextlib.contextmanager
+def _no_jupyter_session():
+    """Papermill's kernels inherit this process's environment. Started from inside Jupyter (a
+    `!ibdml run …` cell, or `run_pipeline` called in a notebook), that holds the JPY_SESSION_NAME
+    the server gave the calling kernel, and `explorer.live_frontend()` in the headless kernel
+    would then build widgets nobody can answer. Removed while papermill runs, restored after."""
+    session = os.environ.pop("JPY_SESSION_NAME", None)
+    try:
+        yield
+    finally:
+        if session is not None:
+            os.environ["JPY_SESSION_NAME"] = session
 
 
 def run_claims_notebook(params_file: str | Path, study_dir: str | Path, seeds: list[int],

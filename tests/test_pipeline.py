@@ -3,6 +3,7 @@ JSON files; a second run skips finished steps; a bad parameter stops at the firs
 the parameter's message and leaves earlier outputs intact; notebooks keep one contract."""
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -124,3 +125,20 @@ def test_notebook_contract_and_clean_commit(source):
 
 def test_notebooks_folder_is_found():
     assert NOTEBOOKS.is_dir()
+
+
+def test_headless_kernels_never_see_the_calling_jupyter_session(tmp_path, monkeypatch):
+    # `!ibdml run …` in a notebook: the calling kernel's JPY_SESSION_NAME must not reach the
+    # papermill kernel, or `live_frontend()` there would build widgets nobody answers.
+    from ibdml import pipeline
+
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/user/calling.ipynb")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata.kernelspec = {"name": "ibdml", "display_name": "ibdml", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("from ibdml.explorer import live_frontend\n"
+                                          "assert not live_frontend(), 'sees a front end'")]
+    source = tmp_path / "probe.ipynb"
+    nbformat.write(nb, source)
+    pipeline._execute(source, tmp_path / "out" / "probe.ipynb", {}, tmp_path)
+    assert (tmp_path / "out" / "probe.ipynb").is_file()
+    assert os.environ["JPY_SESSION_NAME"] == "/home/user/calling.ipynb"  # restored
