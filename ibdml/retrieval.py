@@ -338,11 +338,11 @@ def _search_self_heaps(
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             c = stop - start
-            block = rows_buffer[: c * (n - start)].view(c, n - start)
             if torch_products:
+                block = rows_buffer[: c * (n - start)].view(c, n - start)
                 torch.mm(x[start:stop], x[start:].T, out=block)  # [c, n - start]
-            else:
-                np.matmul(x[start:stop].numpy(), x[start:].numpy().T, out=block.numpy())
+            else:  # numpy's BLAS, into the same buffer
+                block = _inner_products(x[start:stop], x[start:], rows_buffer.numpy())
             if exclude_self:
                 block.fill_diagonal_(float("-inf"))  # (i, i): each query's own index, by index
             heaps.addn(n - start, faiss.swig_ptr(block.numpy()), start, start, c)
