@@ -413,8 +413,8 @@ def _inner_products(a: torch.Tensor, b: torch.Tensor, buffer: np.ndarray | None)
     """a [m, D] @ b[n, D]ᵀ → [m, n] float32.
 
     On CPU the product goes through numpy's BLAS (OpenBLAS in the wheels) into `buffer`: on this
-    project's AMD machines it ran at ~190 GFLOPS against ~100 for torch's MKL build (DESIGN
-    "Environment facts"); this product is nearly all of an evaluation's time.
+    project's AMD machines, for [512, 512] × [512, 40k] blocks written into a reused buffer, it ran
+    at 229–246 GFLOPS against 177 for torch's MKL build.
     """
     if buffer is None:
         return a @ b.T
