@@ -1,10 +1,11 @@
-"""The image-folder reader: sorted class ranks, class-disjoint splits, clear errors."""
+"""The image-folder reader and the class-disjoint splits: sorted class ranks, clear errors."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from ibdml.data.folder import DatasetError, ImageDataset, load_rgb, read_image_folder, split_classes
+from ibdml.data.folder import DatasetError, ImageDataset, load_rgb, read_image_folder
+from ibdml.data.splits import first_classes_train, hold_out_validation
 
 
 def make_tree(root, sizes):
@@ -26,7 +27,8 @@ def test_labels_are_sorted_folder_ranks(tmp_path):
 
 def test_class_disjoint_splits_with_validation(tmp_path):
     data = read_image_folder(make_tree(tmp_path, [2] * 10))
-    s = split_classes(data, train_classes=6, val_fraction=0.3, held_out=2)
+    s = first_classes_train(data, train_classes=6)
+    s["train"], s["val"] = hold_out_validation(s["train"], held_out=2)
     assert s["train"].class_names == data.class_names[:4]
     assert s["val"].class_names == data.class_names[4:6]
     assert s["test"].class_names == data.class_names[6:]
@@ -44,7 +46,7 @@ def test_errors_name_the_problem(tmp_path):
         read_image_folder(tmp_path)
     data = read_image_folder(make_tree(tmp_path / "t", [1, 1]))
     with pytest.raises(DatasetError, match="leave none for testing"):
-        split_classes(data, 2, 0.0, 0)
+        first_classes_train(data, 2)
 
 
 def test_unreadable_image_is_named(tmp_path):

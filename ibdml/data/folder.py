@@ -1,7 +1,7 @@
 """The image-folder reader shared by Glyphs and the class-folder datasets.
 
 Layout: `root/images/<class>/<file>`. As in torchvision's ImageFolder (and the authors' code,
-METHOD_SPEC §2.1) the class index is the rank of the class folder name in sorted order, files
+docs/method.md §2.1) the class index is the rank of the class folder name in sorted order, files
 whose name starts with `._` (macOS metadata) are skipped, and the first C classes are the training
 classes, the rest the test classes (class-disjoint splits, as in the paper).
 """
@@ -65,21 +65,6 @@ def read_image_folder(root: Path) -> Split:
     if not paths:
         raise DatasetError(f"no images found under {images}; expected root/images/<class>/<files>")
     return Split("all", paths, np.array(labels, dtype=np.int64), [d.name for d in class_dirs])
-
-
-def split_classes(data: Split, train_classes: int, val_fraction: float,
-                  held_out: int) -> dict[str, Split]:
-    """Class-disjoint splits: the first `train_classes` classes train, the rest test; with a
-    validation split, the last `held_out` training classes become `val` (never seen in training)."""
-    if train_classes >= data.num_classes:
-        raise DatasetError(f"the dataset has {data.num_classes} classes, so {train_classes} "
-                           "training classes leave none for testing")
-    fit = train_classes - held_out
-    splits = {"train": data.subset(np.arange(fit), "train"),
-              "test": data.subset(np.arange(train_classes, data.num_classes), "test")}
-    if val_fraction > 0:
-        splits["val"] = data.subset(np.arange(fit, train_classes), "val")
-    return splits
 
 
 def load_rgb(path: Path) -> Image.Image:

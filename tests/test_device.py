@@ -14,8 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ibdml.train as train_module
-from ibdml import accel, probes
+import ibdml.trainer as train_module
+from ibdml import device as accel
+from ibdml import probes
+from ibdml.data import loader
 from ibdml.config import make_params
 from ibdml.data.folder import Split
 from ibdml.losses import intra_batch_loss, smoothed_cross_entropy
@@ -76,8 +78,8 @@ def test_autocast_is_bf16_on_cuda_and_can_be_forced_either_way():
     forced = accel.autocast(CPU, bf16=True)
     assert forced.device == "cpu" and forced.fast_dtype == torch.bfloat16
     assert accel.bf16_enabled(CUDA) and not accel.bf16_enabled(CPU)
-    assert accel.bf16_override(small_params()) is None  # amp: the device decides
-    assert accel.bf16_override(small_params(amp=False)) is False
+    assert accel.bf16_override(True) is None  # amp: the device decides
+    assert accel.bf16_override(False) is False
 
 
 def test_under_bf16_autocast_attention_embedding_and_losses_are_fp32_and_finite():
@@ -189,13 +191,14 @@ def test_a_non_finite_loss_in_a_block_names_its_step():
 # --- channels_last ----------------------------------------------------------------------------
 
 
-def test_channels_last_keeps_the_outputs_and_the_state_dict():
+def test_channels_last_keeps_the_outputs_and_the_state_dict(monkeypatch):
     plain = small_model().eval()
     x = images()
-    fast = accel.prepare_model(small_model(), CPU, channels_last=True).eval()
+    monkeypatch.setattr(accel, "channels_last_enabled", lambda device: True)  # as on CUDA
+    fast = accel.prepare_model(small_model(), CPU).eval()
     conv = fast.backbone.trunk[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    x_fast = accel.to_device(x, CPU, channels_last=True)
+    x_fast = accel.to_device(x, CPU)
     assert x_fast.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         a, b = plain(x, return_attention=True), fast(x_fast, return_attention=True)
@@ -236,8 +239,8 @@ def test_search_device_is_the_gpu_when_one_is_visible(monkeypatch):
     (CUDA, 16, 15), (CUDA, 64, 16), (CUDA, 1, 0), (CPU, 2, 0), (CPU, 4, 0), (CPU, 8, 4),
     (CPU, 32, 4)])
 def test_loader_settings_are_sized_from_the_machine(monkeypatch, device, cores, workers):
-    monkeypatch.setattr(accel, "cpu_cores", lambda: cores)
-    s = accel.data_loader(torch.utils.data.TensorDataset(torch.zeros(1)), small_params(), device)
+    monkeypatch.setattr(loader, "cpu_cores", lambda: cores)
+    s = loader.data_loader(torch.utils.data.TensorDataset(torch.zeros(1)), -1, device)
     assert s.num_workers == workers
     assert s.pin_memory == (device.type == "cuda")
     assert s.persistent_workers is False  # exact resume (see data_loader)
@@ -246,19 +249,18 @@ def test_loader_settings_are_sized_from_the_machine(monkeypatch, device, cores, 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
 def test_num_workers_parameter_overrides_the_machine(monkeypatch):
-    monkeypatch.setattr(accel, "cpu_cores", lambda: 16)
+    monkeypatch.setattr(loader, "cpu_cores", lambda: 16)
     data = torch.utils.data.TensorDataset(torch.zeros(1))
-    assert accel.data_loader(data, small_params(num_workers=3), CUDA).num_workers == 3
-    assert accel.data_loader(data, small_params(num_workers=0), CUDA).prefetch_factor is None
+    assert loader.data_loader(data, 3, CUDA).num_workers == 3
+    assert loader.data_loader(data, 0, CUDA).prefetch_factor is None
 
 
 def test_data_loader_batches_in_order_or_by_sampler():
     data = torch.utils.data.TensorDataset(torch.arange(10.0))
-    p = small_params(num_workers=0)
-    by_size = [b[0].tolist() for b in accel.data_loader(data, p, CPU, batch_size=4)]
+    by_size = [b[0].tolist() for b in loader.data_loader(data, 0, CPU, batch_size=4)]
     assert by_size == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    by_sampler = [b[0].tolist() for b in accel.data_loader(data, p, CPU,
-                                                           batch_sampler=[[9, 1], [5]])]
+    by_sampler = [b[0].tolist() for b in loader.data_loader(data, 0, CPU,
+                                                            batch_sampler=[[9, 1], [5]])]
     assert by_sampler == [[9, 1], [5]]
 
 
@@ -284,7 +286,7 @@ def test_probes_record_fp32_attention_under_bf16_autocast(monkeypatch):
     probe = probes.Probes(images(12).view(2, 6, 3, 32, 32), LABELS.repeat(2, 1),
                           np.arange(12).reshape(2, 6))
     plain = probes.record_attention(model, probe, CPU)
-    monkeypatch.setattr(probes, "autocast", cpu_bf16)
+    monkeypatch.setattr(accel, "autocast", cpu_bf16)
     low = probes.record_attention(model, probe, CPU)
     assert plain.shape == low.shape == (1, 2, 2, 6, 6)
     assert low.dtype == torch.float32 and torch.isfinite(low).all()
