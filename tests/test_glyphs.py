@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ibdml.data import glyph_classes as classes
 from ibdml.data import glyphs
-from ibdml.data.glyphs import GlyphsError, build_glyphs, glyph_classes
+from ibdml.data.glyph_classes import GlyphsError, glyph_classes
+from ibdml.data.glyphs import build_glyphs
 
 SMALL = dict(classes=12, images_per_class=3, image_size=32, progress=False)
 
@@ -54,7 +56,7 @@ def test_layout_and_manifest(built: Path):
     assert manifest["format_version"] == glyphs.FORMAT_VERSION
     assert manifest["params"] == {"classes": 12, "images_per_class": 3, "image_size": 32, "seed": 0}
     assert manifest["counts"]["images"] == 36
-    assert set(manifest["fonts"]) <= {path.name for path in glyphs.text_fonts()}
+    assert set(manifest["fonts"]) <= {path.name for path in classes.text_fonts()}
     for name in folders:
         files = sorted(os.listdir(built / "images" / name))
         assert files == ["000.png", "001.png", "002.png"]
@@ -76,7 +78,7 @@ def test_smaller_request_is_a_prefix():
 
 
 def test_only_text_fonts_are_used():
-    names = {path.name for path in glyphs.text_fonts()}
+    names = {path.name for path in classes.text_fonts()}
     assert len(names) == 21  # DejaVu Sans/Mono/Serif and STIXGeneral x 4 styles, 5 cm text fonts
     assert {"DejaVuSans.ttf", "STIXGeneral.ttf", "cmr10.ttf", "cmtt10.ttf"} <= names
     excluded = ("LastResort", "STIXNonUni", "STIXSiz", "cmex10", "cmmi10", "cmsy10")
@@ -84,33 +86,33 @@ def test_only_text_fonts_are_used():
 
 
 def test_tex_encoded_positions_are_not_trusted():
-    cmr10 = glyphs.font_coverage(glyphs.FONT_DIR / "cmr10.ttf")
+    cmr10 = classes.font_coverage(classes.FONT_DIR / "cmr10.ttf")
     assert ord("A") in cmr10 and ord("7") in cmr10
     assert ord("<") not in cmr10  # cmr10 draws '¡' there
     assert 0xA1 not in cmr10  # and 'Γ' at U+00A1
 
 
 def test_classes_are_printable_and_widely_drawn():
-    kept = glyphs.kept_code_points()
+    kept = classes.kept_code_points()
     assert 600 <= len(kept) <= 680
     assert all(unicodedata.category(chr(cp))[0] in "LNPS" for cp in kept)
-    fonts = glyphs.text_fonts()
-    drawn_by = [sum(cp in glyphs.font_coverage(path) for path in fonts) for cp in kept]
-    assert min(drawn_by) >= glyphs.MIN_FONTS
+    fonts = classes.text_fonts()
+    drawn_by = [sum(cp in classes.font_coverage(path) for path in fonts) for cp in kept]
+    assert min(drawn_by) >= classes.MIN_FONTS
 
 
 def test_no_two_classes_look_alike():
-    kept = glyphs.kept_code_points()
-    distances = glyphs.lookalike_distances(kept)
+    kept = classes.kept_code_points()
+    distances = classes.lookalike_distances(kept)
     np.fill_diagonal(distances, np.inf)
-    assert distances.min() >= glyphs.LOOKALIKE_THRESHOLD
+    assert distances.min() >= classes.LOOKALIKE_THRESHOLD
     latin_a, greek_alpha, cyrillic_a = 0x41, 0x391, 0x410
     assert latin_a in kept and greek_alpha not in kept and cyrillic_a not in kept
     assert ord("o") in kept and 0x3BF not in kept and 0x43E not in kept  # Greek, Cyrillic o
 
 
 def test_lookalike_distance_sees_size_and_height_not_only_shape():
-    same, sizes, heights = (glyphs.lookalike_distances([a, b])[0, 1]
+    same, sizes, heights = (classes.lookalike_distances([a, b])[0, 1]
                             for a, b in [(0x41, 0x391), (ord("o"), ord("O")), (ord(","), 0x2019)])
     assert same < 1e-3
     assert sizes > 0.1 and heights > 0.1  # renders are placed by the em box, not cropped to ink
@@ -142,13 +144,13 @@ def test_stale_temporary_folders_are_removed_live_ones_kept(tmp_path: Path):
 
 
 def test_too_many_classes_says_the_maximum(tmp_path: Path):
-    maximum = len(glyphs.kept_code_points())
+    maximum = len(classes.kept_code_points())
     with pytest.raises(GlyphsError, match=f"{maximum} classes at most"):
         build_glyphs(tmp_path, classes=maximum + 1, progress=False)
     with pytest.raises(GlyphsError, match=f"between 1 and {maximum}"):
         glyph_classes(maximum + 1)
     assert list(tmp_path.iterdir()) == []
-    assert sorted(glyph_classes(maximum)) == list(glyphs.kept_code_points())
+    assert sorted(glyph_classes(maximum)) == list(classes.kept_code_points())
 
 
 def test_second_build_returns_at_once_without_rendering(built: Path, monkeypatch: pytest.MonkeyPatch):

@@ -1,41 +1,17 @@
-"""Readers for the paper's four benchmarks, from their official file layouts (METHOD_SPEC §2).
+"""Readers for the paper's four benchmarks, from their official file layouts (docs/method.md §2).
 
 Each reader returns the class-disjoint splits as `Split`s. Labels are 0-based ranks of the
 dataset's own class ids (sorted) within a split; In-Shop's query and gallery are labelled jointly,
-so an item has the same label in both. The layouts, with ROOT the folder to pass:
+so an item has the same label in both. The layouts, with ROOT the folder to pass, are
+`listings.LAYOUTS` (shown in every error message, and in docs/datasets.md):
 
-cub200 (CUB-200-2011): classes 1-100 train, 101-200 test
-    CUB_200_2011/                  <- ROOT
-    ├── images.txt                 "<image id> <path under images/>"
-    ├── image_class_labels.txt     "<image id> <class id 1..200>"
-    ├── classes.txt                "<class id> <class name>"
-    └── images/001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg, ...
-
-cars196 (Cars196): classes 1-98 train, 99-196 test
-    CARS/                          <- ROOT
-    ├── cars_annos.mat             struct array `annotations` (relative_im_path, bbox_x1,
-    │                              bbox_y1, bbox_x2, bbox_y2, class 1..196, test), cell array
-    │                              `class_names`
-    └── car_ims/000001.jpg, ...
-    or 196 class folders, the first 98 (sorted) train: ROOT/images/<class>/ or ROOT/<class>/
-
-sop (Stanford Online Products): classes 1-11318 train, 11319-22634 test
-    Stanford_Online_Products/      <- ROOT
-    ├── Ebay_train.txt             header "image_id class_id super_class_id path", then one row
-    │                              per image: "1 1 1 bicycle_final/111085122871_0.JPG"
-    ├── Ebay_test.txt              the same columns
-    └── bicycle_final/111085122871_0.JPG, ... (12 category folders)
-
-inshop (In-Shop Clothes Retrieval): splits train, query, gallery
-    In_shop/                       <- ROOT
-    ├── Eval/list_eval_partition.txt
-    │       line 1: the number of images; line 2: "image_name item_id evaluation_status"; then
-    │       one row per image: "img/WOMEN/.../02_1_front.jpg id_00000002 train|query|gallery"
-    └── Img/img/WOMEN/Dresses/id_00000002/02_1_front.jpg, ...
-    or img/WOMEN/... directly in ROOT (img.zip unpacked there)
+    cub200   CUB-200-2011: classes 1-100 train, 101-200 test
+    cars196  Cars196: classes 1-98 train, 99-196 test
+    sop      Stanford Online Products: classes 1-11318 train, 11319-22634 test
+    inshop   In-Shop Clothes Retrieval: splits train, query, gallery
 
 Cars' `test` flag and CUB's `train_test_split.txt` split by image and are ignored: the paper
-splits by class (METHOD_SPEC §2.1). Bounding boxes are ignored too (the paper does not crop).
+splits by class (docs/method.md §2.1). Bounding boxes are ignored too (the paper does not crop).
 
 Counts: a copy whose classes or images differ from `OFFICIAL_COUNTS` is refused by default,
 because the paper's numbers need the full set; a deliberate subset passes its own `expected`
@@ -48,20 +24,22 @@ and the report, are in `check.py`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 
 from ibdml.data.check import (BenchmarkError, BenchmarkReport, Problem, SplitCount,
                               count_problems, missing_images, unreadable_images)
 from ibdml.data.folder import IMAGE_SUFFIXES, DatasetError, Split
+from ibdml.data.listings import (LAYOUTS, TITLES, dataset_folder, fail, layout_error,
+                                 parse_int, read_lines, read_rows)
 
 
-# METHOD_SPEC §2 and FIELD_NOTES B.1. In-Shop's query and gallery share the 3,985 test items
-# (7,982 items in all, 3,997 train), so both report that joint item count.
+# Published image and class counts (docs/method.md §2; docs/datasets.md, "Getting the datasets:
+# known pitfalls"). In-Shop's query and gallery share the 3,985 test items (7,982 items in all,
+# 3,997 train), so both report that joint item count.
 OFFICIAL_COUNTS: dict[str, dict[str, SplitCount]] = {
     "cub200": {"train": SplitCount(100, 5864), "test": SplitCount(100, 5924)},
     "cars196": {"train": SplitCount(98, 8054), "test": SplitCount(98, 8131)},
@@ -69,16 +47,8 @@ OFFICIAL_COUNTS: dict[str, dict[str, SplitCount]] = {
     "inshop": {"train": SplitCount(3997, 25882), "query": SplitCount(3985, 14218),
                "gallery": SplitCount(3985, 12612)},
 }
-TITLES = {"cub200": "CUB-200-2011", "cars196": "Cars196", "sop": "Stanford Online Products",
-          "inshop": "In-Shop Clothes Retrieval"}
-# What each layout needs in ROOT; the first entry marks a root (used to spot a wrong folder).
-REQUIRED = {"cub200": ("images.txt", "image_class_labels.txt", "classes.txt", "images/"),
-            "cars196": ("cars_annos.mat", "car_ims/"),
-            "sop": ("Ebay_train.txt", "Ebay_test.txt"),
-            "inshop": ("Eval/list_eval_partition.txt",)}
-CUB_TRAIN_CLASSES = 100  # class ids 1..100 train (METHOD_SPEC §2.1)
+CUB_TRAIN_CLASSES = 100  # class ids 1..100 train (docs/method.md §2.1)
 CARS_TRAIN_CLASSES = 98  # class ids (or sorted class folders) 1..98 train
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z")
 
 
 @dataclass(frozen=True)
@@ -97,19 +67,19 @@ class Benchmark:
 
 def read_cub200(root: Path) -> Benchmark:
     """CUB-200-2011: class ids 1-100 train, 101-200 test; names from classes.txt."""
-    root = _folder(root, "cub200")
-    paths = dict(_rows(root / "images.txt", "<image id> <path>"))
-    labels = dict(_rows(root / "image_class_labels.txt", "<image id> <class id>"))
-    names = {_int(c, root / "classes.txt"): n
-             for c, n in _rows(root / "classes.txt", "<class id> <name>")}
+    root = dataset_folder(root, "cub200")
+    paths = dict(read_rows(root / "images.txt", "<image id> <path>"))
+    labels = dict(read_rows(root / "image_class_labels.txt", "<image id> <class id>"))
+    names = {parse_int(c, root / "classes.txt"): n
+             for c, n in read_rows(root / "classes.txt", "<class id> <name>")}
     unlabelled = [i for i in paths if i not in labels]
     if unlabelled:
-        _fail(f"{len(unlabelled):,} image ids of images.txt have no line in "
+        fail(f"{len(unlabelled):,} image ids of images.txt have no line in "
               "image_class_labels.txt", "one class id per image id", unlabelled)
-    classes = np.array([_int(labels[i], root / "image_class_labels.txt") for i in paths])
+    classes = np.array([parse_int(labels[i], root / "image_class_labels.txt") for i in paths])
     unnamed = sorted(set(classes.tolist()) - set(names))
     if unnamed:
-        _fail(f"class ids {unnamed[:5]} of image_class_labels.txt are not in classes.txt",
+        fail(f"class ids {unnamed[:5]} of image_class_labels.txt are not in classes.txt",
               "classes.txt naming every class id 1..200", total=len(unnamed))
     files = np.array([root / "images" / p for p in paths.values()], dtype=object)
     return Benchmark(_by_class_id(files, classes, names, CUB_TRAIN_CLASSES),
@@ -121,34 +91,34 @@ def read_cars196(root: Path) -> Benchmark:
     """Cars196 from cars_annos.mat (class ids 1-98 train) or from 196 class folders (the first
     98 sorted train); names from `class_names` or the folder names. Layouts split by image (the
     devkit's, Kaggle's train/ + test/) are refused with the fix."""
-    root = _folder(root, "cars196")
+    root = dataset_folder(root, "cars196")
     if (root / "cars_annos.mat").is_file():
         return _cars_from_annotations(root)
     folder = root / "images" if (root / "images").is_dir() else root
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     found = {d.name for d in class_dirs}
     if found & {"train", "test"}:
-        _fail(f"{folder} holds train/ and test/ folders: a split by image (e.g. the Kaggle copy)",
+        fail(f"{folder} holds train/ and test/ folders: a split by image (e.g. the Kaggle copy)",
               "the paper splits by class: merge the class folders of train/ and test/ into\n"
               "ROOT/images/<class>/ (196 folders), or use cars_annos.mat + car_ims/:\n"
               + LAYOUTS["cars196"])
     if found & {"devkit", "cars_train", "cars_test"}:
-        _fail(f"{root} is the devkit layout (cars_train/, cars_test/, devkit/), split by image",
+        fail(f"{root} is the devkit layout (cars_train/, cars_test/, devkit/), split by image",
               "cars_annos.mat + car_ims/ (the same 16,185 images, split here by class):\n"
               + LAYOUTS["cars196"])
     if len(class_dirs) < 2 or not _holds_images(class_dirs[0]):
-        raise _layout_error(root, "cars196")  # neither cars_annos.mat nor class folders
+        raise layout_error(root, "cars196")  # neither cars_annos.mat nor class folders
     return _cars_from_folders(folder, class_dirs)
 
 
 def read_sop(root: Path) -> Benchmark:
     """Stanford Online Products: Ebay_train.txt and Ebay_test.txt are the two splits."""
-    root = _folder(root, "sop")
+    root = dataset_folder(root, "sop")
     splits = {}
     for split, name in (("train", "Ebay_train.txt"), ("test", "Ebay_test.txt")):
-        rows = _rows(root / name, "<image_id> <class_id> <super_class_id> <path>",
+        rows = read_rows(root / name, "<image_id> <class_id> <super_class_id> <path>",
                      header="image_id class_id super_class_id path")
-        classes = np.array([_int(r[1], root / name) for r in rows])
+        classes = np.array([parse_int(r[1], root / name) for r in rows])
         # Readable: the class id and its category folder ("bicycle_final" → "bicycle").
         names = {int(c): f"{int(c):05d} ({r[3].split('/')[0].removesuffix('_final')})"
                  for c, r in zip(classes, rows)}
@@ -162,24 +132,24 @@ def read_inshop(root: Path) -> Benchmark:
     """In-Shop: train, query and gallery from the evaluation_status column; images under Img/
     (official) or in ROOT. Query and gallery share one labelling of their items (§2.2), and the
     same class_names: num_classes counts the test items of both, some absent from one split."""
-    root = _folder(root, "inshop")
+    root = dataset_folder(root, "inshop")
     listing = root / "Eval" / "list_eval_partition.txt"
-    announced = (_lines(listing) or [""])[0].strip()
+    announced = (read_lines(listing) or [""])[0].strip()
     if not announced.isdigit():
-        _fail(f"{listing} line 1 should be the number of images, got {announced!r}",
+        fail(f"{listing} line 1 should be the number of images, got {announced!r}",
               "line 1: the number of images; line 2: the column names; then one row per image")
-    rows = _rows(listing, "<image_name> <item_id> <evaluation_status>",
+    rows = read_rows(listing, "<image_name> <item_id> <evaluation_status>",
                  header="image_name item_id evaluation_status", skip=1)
     if int(announced) != len(rows):
-        _fail(f"{listing} announces {int(announced):,} images but lists {len(rows):,}: a "
+        fail(f"{listing} announces {int(announced):,} images but lists {len(rows):,}: a "
               "truncated or edited file", "the complete list_eval_partition.txt (52,712 rows)")
     status = np.array([r[2] for r in rows])
     unknown = sorted(set(status.tolist()) - {"train", "query", "gallery"})
     if unknown:
-        _fail(f"{listing} has evaluation_status values {unknown[:5]}", "train, query or gallery")
+        fail(f"{listing} has evaluation_status values {unknown[:5]}", "train, query or gallery")
     base, layout = _inshop_images(root, rows[0][0] if rows else "img/")
-    # Item "id_00000002" → class id 2 (METHOD_SPEC §2.2); its name keeps the category folder.
-    items = np.array([_int(r[1].rsplit("_", 1)[-1], listing) for r in rows])
+    # Item "id_00000002" → class id 2 (docs/method.md §2.2); its name keeps the category folder.
+    items = np.array([parse_int(r[1].rsplit("_", 1)[-1], listing) for r in rows])
     names = {int(i): f"{r[1]} ({'/'.join(r[0].split('/')[1:3])})" for i, r in zip(items, rows)}
     files = np.array([base / r[0] for r in rows], dtype=object)
     test_items = np.unique(items[status != "train"])  # query and gallery: one joint labelling
@@ -255,117 +225,10 @@ def _listing_problems(name: str, benchmark: Benchmark, expected: Mapping[str, Sp
                              OFFICIAL_COUNTS[name] if expected is None else expected, TITLES[name]))
 
 
-# ---------------------------------------------------------------------------------------------
-# Layouts and listings
-# ---------------------------------------------------------------------------------------------
-
-# The trees of the module docstring, shown in error messages (a test keeps them the same).
-LAYOUTS = {
-    "cub200": """\
-CUB_200_2011/                  <- ROOT
-├── images.txt                 "<image id> <path under images/>"
-├── image_class_labels.txt     "<image id> <class id 1..200>"
-├── classes.txt                "<class id> <class name>"
-└── images/001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg, ...""",
-    "cars196": """\
-CARS/                          <- ROOT
-├── cars_annos.mat             struct array `annotations` (relative_im_path, bbox_x1,
-│                              bbox_y1, bbox_x2, bbox_y2, class 1..196, test), cell array
-│                              `class_names`
-└── car_ims/000001.jpg, ...
-or 196 class folders, the first 98 (sorted) train: ROOT/images/<class>/ or ROOT/<class>/""",
-    "sop": """\
-Stanford_Online_Products/      <- ROOT
-├── Ebay_train.txt             header "image_id class_id super_class_id path", then one row
-│                              per image: "1 1 1 bicycle_final/111085122871_0.JPG"
-├── Ebay_test.txt              the same columns
-└── bicycle_final/111085122871_0.JPG, ... (12 category folders)""",
-    "inshop": """\
-In_shop/                       <- ROOT
-├── Eval/list_eval_partition.txt
-│       line 1: the number of images; line 2: "image_name item_id evaluation_status"; then
-│       one row per image: "img/WOMEN/.../02_1_front.jpg id_00000002 train|query|gallery"
-└── Img/img/WOMEN/Dresses/id_00000002/02_1_front.jpg, ...
-or img/WOMEN/... directly in ROOT (img.zip unpacked there)""",
-}
-
-
 def _reader(name: str) -> Callable[[Path], Benchmark]:
     if name not in READERS:
         raise DatasetError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
     return READERS[name]
-
-
-def _fail(what: str, expected: str, examples: Sequence = (), total: int | None = None) -> NoReturn:
-    examples = [str(e) for e in examples]
-    raise BenchmarkError([Problem(what, expected, tuple(examples[:5]),
-                                  len(examples) if total is None else total)])
-
-
-def _folder(root: Path, name: str) -> Path:
-    """ROOT, which must be a folder; for all but Cars (two layouts) holding the required files."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        _fail(f"{root} does not exist", "the dataset folder:\n" + LAYOUTS[name])
-    if not root.is_dir():
-        archive = " (an archive: extract it first)" if root.name.endswith(ARCHIVE_SUFFIXES) else ""
-        _fail(f"{root} is a file, not a folder{archive}", "the dataset folder:\n" + LAYOUTS[name])
-    if name != "cars196" and any(not (root / f).exists() for f in REQUIRED[name]):
-        raise _layout_error(root, name)
-    return root
-
-
-def _layout_error(root: Path, name: str) -> BenchmarkError:
-    """The required files missing in ROOT, or the right root when a neighbouring folder holds the
-    marker file (ROOT pointed at the dataset's parent, or at images/ itself)."""
-    marker = REQUIRED[name][0]
-    nearby = [root.parent, root.parent.parent] + sorted(d for d in root.iterdir() if d.is_dir())
-    for candidate in nearby:
-        if (candidate / marker).is_file():
-            return BenchmarkError([Problem(
-                f"{root} is not the {TITLES[name]} folder, but {candidate} holds {marker}",
-                f"ROOT = {candidate}:\n" + LAYOUTS[name])])
-    others = [n for n, files in REQUIRED.items() if n != name and (root / files[0]).is_file()]
-    looks = f" (it looks like {others[0]}: check that dataset name)" if others else ""
-    missing = [root / f for f in REQUIRED[name] if not (root / f).exists()]
-    return BenchmarkError([Problem(
-        f"{', '.join(str(m.relative_to(root)) for m in missing)} missing in {root}{looks}",
-        "the layout:\n" + LAYOUTS[name], tuple(str(m) for m in missing), len(missing))])
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        _fail(f"cannot read {path}: {e}", "a text file from the official archive")
-
-
-def _rows(path: Path, columns: str, *, header: str | None = None, skip: int = 0) -> list[list[str]]:
-    """The whitespace-separated rows of a listing, after `skip` lines and a `header` line (when
-    given, it must match). Each row has the fields `columns` names; the last keeps any spaces."""
-    lines = _lines(path)[skip:]
-    if header is not None:
-        if not lines or lines[0].split() != header.split():
-            got = lines[0] if lines else ""
-            _fail(f"{path} line {skip + 1} should be the header {header!r}, got {got!r}",
-                  f"the official file: the header {header!r}, then one row per image")
-        lines, skip = lines[1:], skip + 1
-    width, rows = columns.count("<"), []
-    for number, line in enumerate(lines, start=skip + 1):
-        if line.strip():
-            fields = line.split(maxsplit=width - 1)
-            if len(fields) != width:
-                _fail(f"{path} line {number}: {line.strip()!r} is not {columns!r}",
-                      f"one row per line: {columns}")
-            rows.append(fields)
-    return rows
-
-
-def _int(value: str, path: Path) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        _fail(f"{path}: {value!r} is not an integer id", "the official file, unedited")
 
 
 def _split(name: str, files: np.ndarray, class_ids: np.ndarray, names: Mapping[int, str],
@@ -379,7 +242,7 @@ def _split(name: str, files: np.ndarray, class_ids: np.ndarray, names: Mapping[i
 
 def _by_class_id(files: np.ndarray, classes: np.ndarray, names: Mapping[int, str],
                  train_classes: int) -> dict[str, Split]:
-    """Class ids 1..train_classes train, the rest test (CUB and Cars, METHOD_SPEC §2.1)."""
+    """Class ids 1..train_classes train, the rest test (CUB and Cars, docs/method.md §2.1)."""
     train = classes <= train_classes
     return {"train": _split("train", files[train], classes[train], names),
             "test": _split("test", files[~train], classes[~train], names)}
@@ -393,16 +256,16 @@ def _cars_from_annotations(root: Path) -> Benchmark:
     try:
         mat = loadmat(path, squeeze_me=True)  # the 1×N struct array → a record array [N]
     except (MatReadError, NotImplementedError, ValueError, OSError) as e:  # v7.3: NotImplemented
-        _fail(f"cannot read {path}: {e}", "the MATLAB v5 cars_annos.mat of the Stanford release")
+        fail(f"cannot read {path}: {e}", "the MATLAB v5 cars_annos.mat of the Stanford release")
     annotations = np.atleast_1d(mat.get("annotations", np.array([])))
     if not {"relative_im_path", "class"} <= set(annotations.dtype.names or ()) \
             or "class_names" not in mat:
-        _fail(f"{path} lacks `annotations` with relative_im_path and class, or `class_names`",
+        fail(f"{path} lacks `annotations` with relative_im_path and class, or `class_names`",
               "the cars_annos.mat of the Stanford release, not the devkit's cars_*_annos.mat")
     names = {i: str(n) for i, n in enumerate(np.atleast_1d(mat["class_names"]), start=1)}
     classes = np.array([int(c) for c in np.atleast_1d(annotations["class"])], dtype=np.int64)
     if len(classes) == 0 or classes.min() < 1 or classes.max() > len(names):
-        _fail(f"{path}: class ids outside 1..{len(names)}", "class ids 1..196")
+        fail(f"{path}: class ids outside 1..{len(names)}", "class ids 1..196")
     files = np.array([root / str(p) for p in np.atleast_1d(annotations["relative_im_path"])],
                      dtype=object)
     return Benchmark(_by_class_id(files, classes, names, CARS_TRAIN_CLASSES),
@@ -437,6 +300,6 @@ def _inshop_images(root: Path, first: str) -> tuple[Path, str]:
         return root, f"Eval/list_eval_partition.txt, images in {top}/ in ROOT (not Img/{top}/)"
     flat = " (Img/ holds WOMEN/ itself: move it into Img/img/)" \
         if (root / "Img" / "WOMEN").is_dir() else ""
-    _fail(f"neither {root / 'Img' / top} nor {root / top} is a folder{flat}",
+    fail(f"neither {root / 'Img' / top} nor {root / top} is a folder{flat}",
           "img.zip's img/ folder in Img/ (Img/img/WOMEN/...) or in ROOT (img/WOMEN/...):\n"
           + LAYOUTS["inshop"])
