@@ -29,7 +29,7 @@ search, label handling (np.unique, R_i, neighbour labels), Recall@K and MAP@R; P
 search (its `FaissKNN`) against the rest of `get_accuracy`.
 
 Backends: ours is observed, not assumed (which of `ibdml.retrieval`'s search paths ran: faiss
-IndexFlatIP, the symmetric self-search (faiss heaps), or the chunked torch search);
+GPU IndexFlatIP, the symmetric self-search (faiss heaps), or blocks of products + top-k in torch);
 PML uses faiss IndexFlatL2 (on a GPU only when PML's device is CUDA and faiss sees one). The
 thread pools of torch, faiss (OpenMP, its own OpenBLAS) and numpy (OpenBLAS) are reported as
 found.
@@ -131,9 +131,9 @@ def pml(calculator, x: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
     return {"r_at_1": result["precision_at_1"], "map_at_r": result["mean_average_precision_at_r"]}
 
 
-SEARCH_PATHS = {"_search_faiss": "faiss IndexFlatIP",
-                "_search_self_heaps": "symmetric self-search (faiss heaps)",
-                "_search_torch": "chunked torch search"}
+SEARCH_PATHS = {"_search_faiss_gpu": "faiss GPU IndexFlatIP",
+                "_self_search_heaps": "symmetric self-search (faiss heaps)",
+                "_search_blocks": "blocks of products + top-k (torch)"}
 
 
 def ours_observed(x: torch.Tensor, labels: np.ndarray) -> tuple[dict, list[str]]:

@@ -1,5 +1,6 @@
-"""MPN at inference: vectorised reciprocal k-NN neighbourhoods (`ibdml.inference`) against a loop
-over samples in the authors' style (METHOD_SPEC §8.1, §14), on random 512-d unit embeddings.
+"""MPN at inference: vectorised reciprocal k-NN neighbourhoods (`ibdml.neighbourhoods`) against a
+loop over samples in the authors' style (docs/method.md §8.1, §14), on random 512-d unit
+embeddings.
 
     .venv/bin/python bench/mpn_inference.py           # timings at N = 5,924 / 20,000 / 60,502
     .venv/bin/python bench/mpn_inference.py --tiny    # seconds, no timing claims: the two agree
@@ -30,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ibdml.inference import (reciprocal_neighbourhoods, reciprocal_neighbourhoods_query_gallery,
-                             refine)
+from ibdml.inference import refine
 from ibdml.mpn import MessagePassingNetwork
+from ibdml.neighbourhoods import reciprocal_neighbourhoods, reciprocal_neighbourhoods_query_gallery
 from ibdml.retrieval import nearest_neighbours
 
 SIZES = {"CUB": 5_924, "20k": 20_000, "SOP": 60_502}
@@ -41,13 +42,13 @@ SOP_TRAIN_CLASSES = 11_318
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop reference (METHOD_SPEC §8.1 as the authors' code does it, with ibdml's tie order)
+# The loop reference (docs/method.md §8.1 as the authors' code does it, with ibdml's tie order)
 # ---------------------------------------------------------------------------------------------
 
 
 def _similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Full [Na, Nb] matrix of inner products, summed in float64 and rounded to float32 (as
-    `ibdml.inference` scores near-ties: exact duplicates then really tie). In row blocks, so the
+    `ibdml.neighbourhoods` scores near-ties: exact duplicates then really tie). In row blocks, so the
     float64 temporary stays small; the float32 matrix is N×N, as the authors'."""
     out = np.empty((len(a), len(b)), dtype=np.float32)
     b64 = b.astype(np.float64)
@@ -109,7 +110,7 @@ def loop_neighbourhoods(x: np.ndarray, k: int = 30, batch: int = 7,
 
 def loop_neighbourhoods_query_gallery(q: np.ndarray, g: np.ndarray, k: int = 30, batch: int = 4,
                                       alpha: float = 2 / 3) -> np.ndarray:
-    """The In-Shop loop (METHOD_SPEC §8.2): [Nq, batch − 1] gallery indices."""
+    """The In-Shop loop (docs/method.md §8.2): [Nq, batch − 1] gallery indices."""
     q, g = np.asarray(q, dtype=np.float32), np.asarray(g, dtype=np.float32)
     qg = _similarities(q, g)  # [Nq, Ng]
     forward_ranking = _full_ranking(qg, own_first=False)  # queries → gallery
@@ -188,7 +189,7 @@ def timings(kind: str, n: int, k: int = 30) -> dict:
     # a cache, so it times everything else exactly (re-searches of tied rows included).
     row["search"], found = _seconds(nearest_neighbours, x, k=k + 2, exclude_self=True, repeat=3)
     row["vectorised"], nbrs = _seconds(reciprocal_neighbourhoods, x, k, repeat=3)
-    with mock.patch("ibdml.inference.nearest_neighbours", _cached_search(found)):
+    with mock.patch("ibdml.neighbourhoods.nearest_neighbours", _cached_search(found)):
         row["after"], _ = _seconds(reciprocal_neighbourhoods, x, k, repeat=3)
     if n <= LOOP_MAX_N:
         row["loop"], reference = _seconds(loop_neighbourhoods, x.numpy(), k)
@@ -203,10 +204,10 @@ def timings(kind: str, n: int, k: int = 30) -> dict:
 
 def _cached_search(found: tuple[torch.Tensor, torch.Tensor]):
     """A stand-in for `nearest_neighbours` that answers the full self-search from `found`."""
-    def search(queries, reference=None, k=1, *, exclude_self=False, **kwargs):
+    def search(queries, reference=None, k=1, *, exclude_self=False):
         if exclude_self and len(queries) == len(found[1]) and k == found[1].shape[1]:
             return found
-        return nearest_neighbours(queries, reference, k, exclude_self=exclude_self, **kwargs)
+        return nearest_neighbours(queries, reference, k, exclude_self=exclude_self)
 
     return search
 

@@ -3,7 +3,7 @@
 Each metric takes plain arrays (torch tensors or numpy arrays) and returns plain Python floats, so
 results go straight into JSON sidecars. None of them loops over queries in Python.
 
-Conventions (METHOD_SPEC Part 1, rows "Recall@K", "NMI", "extra metric"; §7):
+Conventions (docs/method.md §7):
 - The query set is the reference set (CUB, Cars, SOP); each query is removed from its own
   neighbour list by index in `retrieval.nearest_neighbours`, never by dropping column 0.
 - Recall@K is the paper's: the fraction of queries with at least one same-label item among their
@@ -21,10 +21,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ibdml.retrieval import kmeans, nearest_neighbours
-
-# Row norms of "L2-normalised" embeddings may differ from 1 by float32 rounding, not more.
-_UNIT_NORM_TOLERANCE = 1e-3
+from ibdml.clustering import kmeans
+from ibdml.embeddings import as_embeddings, as_labels, check_same_width, cosine_rows
+from ibdml.retrieval import nearest_neighbours
 
 
 def recall_at_k(neighbour_labels, query_labels, ks: Sequence[int]) -> dict[str, float]:
@@ -100,7 +99,7 @@ def map_at_r(neighbour_labels, query_labels, relevant_counts) -> float:
 
 
 def normalized_mutual_information(cluster_ids, labels) -> float:
-    """Arithmetic NMI between cluster ids [N] and labels [N] (sklearn's default, METHOD_SPEC §7.4).
+    """Arithmetic NMI between cluster ids [N] and labels [N] (sklearn's default, §7.4).
 
     Symmetric in its arguments; 1.0 when the clusters are the classes up to renaming, ~0 for
     clusters independent of the classes.
@@ -110,24 +109,19 @@ def normalized_mutual_information(cluster_ids, labels) -> float:
     """
     from sklearn.metrics import normalized_mutual_info_score  # lazy: ~1 s to import
 
-    clusters, classes = _as_numpy(cluster_ids).ravel(), _as_numpy(labels).ravel()
-    if clusters.shape != classes.shape:
-        raise ValueError(f"{len(clusters)} cluster ids but {len(classes)} labels: give one each.")
+    classes = _as_numpy(labels).ravel()
+    clusters = as_labels(cluster_ids, len(classes), "cluster ids", rows="labels")
     return float(normalized_mutual_info_score(classes, clusters, average_method="arithmetic"))
-
-
-# The short name; `evaluate` calls the long one because its `nmi` flag shadows this.
-nmi = normalized_mutual_information
 
 
 def evaluate(embeddings, labels, ks: Sequence[int], nmi: bool = True, seed: int = 0) -> dict:
     """Recall@K, MAP@R and (optionally) NMI of a labelled embedding set searched against itself.
 
     Args:
-        embeddings: [N, D], L2-normalised rows (as the model's test features are, METHOD_SPEC
-            §7.1); a row norm off 1 by more than 1e-3 is an error, not silently fixed.
-        labels: [N] class labels.
-        ks: Recall@K values, e.g. (1, 2, 4, 8) for CUB/Cars, (1, 10, 100, 1000) for SOP.
+        embeddings: [N, D], L2-normalised rows (as the model's test features are, §7.1);
+            a row norm off 1 by more than 1e-3 is an error, not silently fixed. Finite.
+        labels: [N] class labels (any values numpy can compare).
+        ks: Recall@K values, each ≤ N − 1, e.g. (1, 2, 4, 8) for CUB/Cars, (1, 10, 100, 1000) for SOP.
         nmi: also cluster with seeded k-means (k = number of distinct labels) and report NMI;
             costly for SOP's ~11k classes.
         seed: k-means seed.
@@ -138,10 +132,8 @@ def evaluate(embeddings, labels, ks: Sequence[int], nmi: bool = True, seed: int 
     One exact k-NN search with each query excluded by index, k = max(max(ks), largest class − 1),
     serves both Recall@K and MAP@R.
     """
-    x = _unit_rows(embeddings)
-    y = _as_numpy(labels).ravel()
-    if len(y) != len(x):
-        raise ValueError(f"{len(x)} embeddings but {len(y)} labels: give one label per row.")
+    x = as_embeddings(embeddings, "embeddings", unit=True)
+    y = as_labels(labels, len(x))
     ks = _checked_ks(ks, len(x) - 1)
     _, label_ids, class_sizes = np.unique(y, return_inverse=True, return_counts=True)
     relevant_counts = class_sizes[label_ids] - 1  # R_i: other rows with the query's label
@@ -161,7 +153,7 @@ def evaluate(embeddings, labels, ks: Sequence[int], nmi: bool = True, seed: int 
 
 def query_gallery_recall_at_k(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
                               ks: Sequence[int], *, chunk_size: int = 1024) -> dict[str, float]:
-    """In-Shop Recall@K: queries searched against a separate gallery (METHOD_SPEC §7.3).
+    """In-Shop Recall@K: queries searched against a separate gallery (§7.3).
 
     Similarity is cosine (rows are divided by their norms here). A query is a hit at K when its
     best same-label gallery image is beaten by fewer than K gallery images of other labels; that
@@ -190,9 +182,8 @@ def query_gallery_recall_at_k(query_embeddings, query_labels, gallery_embeddings
         >>> query_gallery_recall_at_k(q, ["a", "a", "c"], g, ["b", "a", "a"], ks=[1, 2])
         {'1': 0.3333333333333333, '2': 0.6666666666666666}
     """
-    q, g = _cosine_rows(query_embeddings, "query"), _cosine_rows(gallery_embeddings, "gallery")
+    q, g = _query_gallery(query_embeddings, gallery_embeddings)
     q_ids, g_ids = _shared_label_ids(query_labels, gallery_labels, len(q), len(g))
-    _check_same_width(q, g)
     ks = _checked_ks(ks, len(g))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}.")
@@ -231,9 +222,8 @@ def query_gallery_map_at_r(query_embeddings, query_labels, gallery_embeddings,
         >>> query_gallery_map_at_r(q, ["a", "a", "c"], g, ["b", "a", "a"])
         0.625
     """
-    q, g = _cosine_rows(query_embeddings, "query"), _cosine_rows(gallery_embeddings, "gallery")
+    q, g = _query_gallery(query_embeddings, gallery_embeddings)
     q_ids, g_ids = _shared_label_ids(query_labels, gallery_labels, len(q), len(g))
-    _check_same_width(q, g)
     relevant_counts = np.bincount(g_ids, minlength=int(q_ids.max()) + 1)[q_ids]  # [Nq] R_i
     if relevant_counts.max() == 0:
         return float("nan")
@@ -241,14 +231,9 @@ def query_gallery_map_at_r(query_embeddings, query_labels, gallery_embeddings,
     return map_at_r(g_ids[neighbours.cpu().numpy()], q_ids, relevant_counts)
 
 
-# ---------------------------------------------------------------------------------------------
-# Input handling
-# ---------------------------------------------------------------------------------------------
-
-
 def evaluate_query_gallery(query_embeddings, query_labels, gallery_embeddings, gallery_labels,
                            ks: Sequence[int], nmi: bool = True, seed: int = 0) -> dict:
-    """`evaluate`'s keys for a query → gallery benchmark (In-Shop, METHOD_SPEC §7.3).
+    """`evaluate`'s keys for a query → gallery benchmark (In-Shop, §7.3).
 
     Args:
         query_embeddings [Nq, D], gallery_embeddings [Ng, D]: L2-normalised rows.
@@ -262,17 +247,19 @@ def evaluate_query_gallery(query_embeddings, query_labels, gallery_embeddings, g
         {"recall_at_k": query_gallery_recall_at_k, "map_at_r": query_gallery_map_at_r,
          "nmi": float | None}.
     """
+    q = as_embeddings(query_embeddings, "query_embeddings", unit=True)  # as `evaluate` asks
+    g = as_embeddings(gallery_embeddings, "gallery_embeddings", unit=True)
     result = {
-        "recall_at_k": query_gallery_recall_at_k(query_embeddings, query_labels,
-                                                 gallery_embeddings, gallery_labels, ks),
-        "map_at_r": query_gallery_map_at_r(query_embeddings, query_labels, gallery_embeddings,
-                                           gallery_labels),
+        "recall_at_k": query_gallery_recall_at_k(q, query_labels, g, gallery_labels, ks),
+        "map_at_r": query_gallery_map_at_r(q, query_labels, g, gallery_labels),
         "nmi": None,
     }
     if nmi:
-        x = torch.cat([_unit_rows(query_embeddings), _unit_rows(gallery_embeddings)])  # [Nq+Ng, D]
-        y = np.concatenate([_as_numpy(query_labels).ravel(), _as_numpy(gallery_labels).ravel()])
-        clusters = kmeans(x, len(np.unique(y)), seed=seed)
+        q, g = q.cpu(), g.cpu()
+        y = np.concatenate([as_labels(query_labels, len(q), "query labels", "query embeddings"),
+                            as_labels(gallery_labels, len(g), "gallery labels",
+                                      "gallery embeddings")])
+        clusters = kmeans(torch.cat([q, g]), len(np.unique(y)), seed=seed)  # [Nq + Ng]
         result["nmi"] = normalized_mutual_information(clusters, y)
     return result
 
@@ -305,52 +292,19 @@ def _checked_ks(ks: Sequence[int], max_k: int) -> list[int]:
     return ks
 
 
-def _unit_rows(embeddings) -> torch.Tensor:
-    x = torch.as_tensor(embeddings).detach()
-    if x.ndim != 2:
-        raise ValueError(f"embeddings must be [N, D], got shape {tuple(x.shape)}.")
-    x = x.to(torch.float32)
-    deviation = (torch.linalg.vector_norm(x, dim=1) - 1).abs()
-    if not bool((deviation <= _UNIT_NORM_TOLERANCE).all()):  # also catches NaN rows
-        raise ValueError(
-            "evaluate expects L2-normalised embeddings (every row norm 1 ± 1e-3); the largest "
-            f"deviation is {deviation.max().item():.3g}. Normalise first: "
-            "torch.nn.functional.normalize(embeddings, dim=1)."
-        )
-    return x
-
-
-def _cosine_rows(embeddings, name: str) -> torch.Tensor:
-    """[N, D] float32 rows divided by their norms; zero and non-finite rows are errors."""
-    # Torch inputs stay on their device (the similarity blocks are computed there).
-    x = (embeddings.detach() if isinstance(embeddings, torch.Tensor)
-         else torch.as_tensor(np.asarray(embeddings)))
-    if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"{name}_embeddings must be [N, D] with N ≥ 1, got shape "
-                         f"{tuple(x.shape)}.")
-    x = x.to(torch.float32)
-    norms = torch.linalg.vector_norm(x, dim=1)  # [N]
-    bad = ~torch.isfinite(norms) | (norms == 0)
-    if bool(bad.any()):
-        rows = torch.nonzero(bad).ravel()[:5].tolist()
-        raise ValueError(f"{name}_embeddings has {int(bad.sum())} zero or non-finite rows (e.g. "
-                         f"rows {rows}): cosine similarity is undefined for them.")
-    return x / norms[:, None]
-
-
-def _check_same_width(queries: torch.Tensor, gallery: torch.Tensor) -> None:
-    if queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"query embeddings are {queries.shape[1]}-d but gallery embeddings are "
-                         f"{gallery.shape[1]}-d: embed both with the same model.")
+def _query_gallery(query_embeddings, gallery_embeddings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query [Nq, D] and gallery [Ng, D] rows divided by their norms, on the queries' device."""
+    q = cosine_rows(query_embeddings, "query_embeddings")
+    g = cosine_rows(gallery_embeddings, "gallery_embeddings")
+    check_same_width(q, g, "query_embeddings", "gallery_embeddings")
+    return q, g.to(q.device)
 
 
 def _shared_label_ids(query_labels, gallery_labels, n_query: int,
                       n_gallery: int) -> tuple[np.ndarray, np.ndarray]:
     """Query and gallery labels as int64 ids into their joint sorted set of values."""
-    q, g = _as_numpy(query_labels).ravel(), _as_numpy(gallery_labels).ravel()
-    if len(q) != n_query or len(g) != n_gallery:
-        raise ValueError(f"{n_query} query embeddings with {len(q)} labels and {n_gallery} "
-                         f"gallery embeddings with {len(g)} labels: give one label per row.")
+    q = as_labels(query_labels, n_query, "query labels", "query embeddings")
+    g = as_labels(gallery_labels, n_gallery, "gallery labels", "gallery embeddings")
     _, ids = np.unique(np.concatenate([q, g]), return_inverse=True)
     ids = ids.astype(np.int64).ravel()
     return ids[:n_query], ids[n_query:]

@@ -1,4 +1,5 @@
-"""Tests for ibdml.metrics: Recall@K, MAP@R, NMI and evaluate()."""
+"""Tests for ibdml.metrics: Recall@K, MAP@R, NMI, evaluate() (docs/method.md §7.2, §7.4) and the
+In-Shop query → gallery metrics (§7.3)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 
 from ibdml import metrics
-from ibdml.metrics import evaluate, map_at_r, nmi, normalized_mutual_information, recall_at_k
+from ibdml.metrics import evaluate, map_at_r, normalized_mutual_information, recall_at_k
+from ibdml.retrieval import nearest_neighbours
 
 
 def unit_rows(n: int, dim: int = 16, seed: int = 0) -> torch.Tensor:
@@ -48,7 +50,7 @@ def test_recall_at_k_from_real_neighbours_of_points_on_a_line():
     angles = torch.tensor([0.0, 1.0, 4.0, 6.0, 13.0]) / 20
     x = torch.stack([angles.cos(), angles.sin()], dim=1)
     labels = np.array(LINE_LABELS)
-    _, idx = metrics.nearest_neighbours(x, k=4, exclude_self=True, backend="torch")
+    _, idx = nearest_neighbours(x, k=4, exclude_self=True)
     assert labels[idx.numpy()].tolist() == LINE_NEIGHBOUR_LABELS
     got = evaluate(x, labels, ks=[1, 2, 3], nmi=False)
     assert got["recall_at_k"] == {"1": 0.0, "2": 0.6, "3": 1.0}
@@ -126,13 +128,22 @@ def test_map_at_r_lone_labels_only_gives_nan_and_short_lists_raise():
         map_at_r([[0, 0]], [0], [-1])
 
 
-def test_nmi_matches_sklearn_and_the_alias():
+def test_nmi_matches_sklearn():
     rng = np.random.default_rng(1)
     clusters, labels = rng.integers(0, 8, 300), rng.integers(0, 6, 300)
     want = normalized_mutual_info_score(labels, clusters, average_method="arithmetic")
+    assert 0 < want < 0.2  # unrelated labellings: low, but not a degenerate 0 or 1
     assert normalized_mutual_information(clusters, labels) == pytest.approx(want, abs=1e-12)
-    assert nmi(torch.from_numpy(clusters), torch.from_numpy(labels)) == pytest.approx(want)
+    got = normalized_mutual_information(torch.from_numpy(clusters), torch.from_numpy(labels))
+    assert got == pytest.approx(want, abs=1e-12) and type(got) is float
+    assert normalized_mutual_information(labels, clusters) == pytest.approx(want, abs=1e-12)
     assert normalized_mutual_information([3, 3, 1, 1], [0, 0, 1, 1]) == pytest.approx(1.0)
+    assert normalized_mutual_information([3, 3, 1, 1], ["b", "b", "a", "a"]) == pytest.approx(1.0)
+
+
+def test_nmi_refuses_a_count_mismatch():
+    with pytest.raises(ValueError, match="3 labels but 4 cluster ids: give one label per row"):
+        normalized_mutual_information([0, 0, 1, 1], [0, 1, 1])
 
 
 # --- evaluate ------------------------------------------------------------------------------------
@@ -198,22 +209,29 @@ def test_evaluate_lone_labels_count_as_misses_and_leave_map_at_r():
     assert got["map_at_r"] == pytest.approx(1.0)
 
 
-def test_evaluate_rejects_unnormalised_embeddings_with_a_fix():
+def test_evaluate_rejects_unnormalised_or_non_finite_embeddings_with_a_fix():
     x = unit_rows(20) * 2
-    with pytest.raises(ValueError, match=r"L2-normalised .* torch.nn.functional.normalize"):
+    with pytest.raises(ValueError, match=r"embeddings must have L2-normalised rows .* 20 of 20 "
+                                         r"rows are off, e.g. row 0 with norm 2: pass "
+                                         r"torch.nn.functional.normalize\(embeddings, dim=1\)"):
         evaluate(x, np.zeros(20), ks=(1,))
     x = unit_rows(20)
     x[4] = float("nan")
-    with pytest.raises(ValueError, match="L2-normalised"):
+    with pytest.raises(ValueError, match=r"embeddings has 1 of 20 rows with NaN or inf "
+                                         r"\(rows \[4\]\)"):
         evaluate(x, np.zeros(20), ks=(1,))
 
 
 def test_evaluate_argument_errors():
     x = unit_rows(10)
-    with pytest.raises(ValueError, match="10 embeddings but 9 labels"):
+    with pytest.raises(ValueError, match="10 embeddings but 9 labels: give one label per row"):
         evaluate(x, np.zeros(9), ks=(1,))
     with pytest.raises(ValueError, match="Recall@10 asked for, but each query has only 9"):
         evaluate(x, np.zeros(10), ks=(1, 10))
+    with pytest.raises(ValueError, match="ks must be a non-empty list of integers ≥ 1"):
+        evaluate(x, np.zeros(10), ks=(0, 1))
+    with pytest.raises(ValueError, match="embeddings must be a 2-D"):
+        evaluate(x[0], np.zeros(1), ks=(1,))
 
 
 # --- query/gallery (In-Shop) ---------------------------------------------------------------------
@@ -293,11 +311,55 @@ def test_query_gallery_map_at_r_by_hand():
 def test_query_gallery_argument_errors():
     with pytest.raises(ValueError, match="Recall@6 asked for, but each query has only 5"):
         qg_recall(QUERIES, QUERY_ITEMS, GALLERY, GALLERY_ITEMS, ks=[1, 6])
+    with pytest.raises(ValueError, match="chunk_size must be ≥ 1, got 0"):
+        qg_recall(QUERIES, QUERY_ITEMS, GALLERY, GALLERY_ITEMS, ks=[1], chunk_size=0)
     zero = QUERIES.clone()
     zero[2] = 0
-    with pytest.raises(ValueError, match=r"query_embeddings has 1 zero or non-finite rows .*\[2\]"):
+    with pytest.raises(ValueError, match=r"query_embeddings has 1 zero rows \(rows \[2\]\): "
+                                         "cosine"):
         qg_recall(zero, QUERY_ITEMS, GALLERY, GALLERY_ITEMS, ks=[1])
-    with pytest.raises(ValueError, match="query embeddings are 3-d but gallery embeddings are 2-d"):
+    with pytest.raises(ValueError, match=r"gallery_embeddings has 1 zero rows \(rows \[2\]\)"):
+        qg_map(QUERIES, QUERY_ITEMS, torch.cat([GALLERY[:2], zero[2:3], GALLERY[3:]]),
+               GALLERY_ITEMS)
+    nan = QUERIES.clone()
+    nan[1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"query_embeddings has 1 of 4 rows with NaN or inf "
+                                         r"\(rows \[1\]\)"):
+        qg_map(nan, QUERY_ITEMS, GALLERY, GALLERY_ITEMS)
+    with pytest.raises(ValueError, match="query_embeddings has 3-d rows but gallery_embeddings has 2-d rows"):
         qg_map(torch.ones(4, 3), QUERY_ITEMS, GALLERY, GALLERY_ITEMS)
-    with pytest.raises(ValueError, match="4 query embeddings with 3 labels"):
+    with pytest.raises(ValueError, match="4 query embeddings but 3 query labels"):
         qg_recall(QUERIES, QUERY_ITEMS[:3], GALLERY, GALLERY_ITEMS, ks=[1])
+    with pytest.raises(ValueError, match="5 gallery embeddings but 4 gallery labels"):
+        qg_map(QUERIES, QUERY_ITEMS, GALLERY, GALLERY_ITEMS[:4])
+
+
+def test_evaluate_query_gallery_combines_the_two_metrics():
+    got = metrics.evaluate_query_gallery(QUERIES, QUERY_ITEMS, GALLERY, GALLERY_ITEMS,
+                                         ks=[1, 2, 5], nmi=False)
+    assert got == {"recall_at_k": {"1": 0.5, "2": 0.75, "5": 0.75},
+                   "map_at_r": pytest.approx(7 / 12, abs=1e-12), "nmi": None}
+    assert json.loads(json.dumps(got)) == got
+
+
+def test_evaluate_query_gallery_nmi_clusters_queries_and_gallery_together():
+    # Six items, each a tight cluster with 3 query and 4 gallery images: every query finds its
+    # item first (R@1 = 1, MAP@R = 1) and k-means over all 42 images finds the six items.
+    centres = unit_rows(6, dim=32, seed=20)
+    noise = 0.01 * unit_rows(42, dim=32, seed=21)
+    x = torch.nn.functional.normalize(centres.repeat_interleave(7, 0) + noise, dim=1)
+    items = np.repeat(np.arange(6), 7)
+    is_query = np.tile(np.arange(7) < 3, 6)
+    got = metrics.evaluate_query_gallery(x[is_query], items[is_query], x[~is_query],
+                                         items[~is_query], ks=[1])
+    assert got == {"recall_at_k": {"1": 1.0}, "map_at_r": 1.0, "nmi": pytest.approx(1.0)}
+    # Items shuffled across the clusters give a low NMI (≈ 0.3), so the 1.0 above means something.
+    wrong = np.random.default_rng(0).permutation(items)
+    shuffled = metrics.evaluate_query_gallery(x[is_query], wrong[is_query], x[~is_query],
+                                              wrong[~is_query], ks=[1])
+    assert shuffled["nmi"] < 0.5
+
+
+def test_evaluate_query_gallery_nmi_needs_unit_rows():
+    with pytest.raises(ValueError, match="query_embeddings must have L2-normalised rows"):
+        metrics.evaluate_query_gallery(QUERIES * 2, QUERY_ITEMS, GALLERY, GALLERY_ITEMS, ks=[1])

@@ -1,4 +1,11 @@
-"""Tests for ibdml.retrieval: exact k-NN (faiss and torch backends) and seeded k-means."""
+"""Tests for ibdml.retrieval: exact inner-product k-NN (docs/method.md §7.2, §14.2).
+
+Every path the search can take is checked against a float64 brute force: the CPU self-search
+with faiss heaps (`_self_search_heaps`), products and top-k in blocks (`_search_blocks`: queries
+against a reference, and the self-search when faiss is missing) and faiss on a GPU
+(`_search_faiss_gpu`, here with a stand-in faiss). "Exact" means: up to near-ties, two candidates
+whose float64 similarities differ by less than ~1e-6 may come in either order (module docstring).
+"""
 
 from __future__ import annotations
 
@@ -9,288 +16,213 @@ import pytest
 import torch
 
 from ibdml import retrieval
-from ibdml.retrieval import faiss_available, kmeans, nearest_neighbours
+from ibdml.retrieval import faiss_available, nearest_neighbours, nearest_neighbours_of_rows
 
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+
+NEAR_TIE = 1e-6  # float64 similarities closer than this may be ordered either way
 
 
 def unit_rows(n: int, dim: int = 32, seed: int = 0) -> torch.Tensor:
-    """Random L2-normalised rows: continuous, so similarities have no ties."""
+    """Random L2-normalised rows: continuous, so exact ties do not occur."""
     g = torch.Generator().manual_seed(seed)
     return torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1)
 
 
 def brute_force(queries, reference, k, exclude_self=False):
-    """The unchunked answer: the whole similarity matrix in float64, own index masked."""
+    """The unblocked answer: the whole similarity matrix in float64, own index masked."""
     sims = queries.double() @ reference.double().T
     if exclude_self:
         sims.fill_diagonal_(float("-inf"))
-    top_sims, top_idx = sims.topk(k, dim=1)
-    return top_sims.float(), top_idx
+    return sims.topk(k, dim=1)
 
 
-# --- backends agree with each other and with brute force ----------------------------------------
+def assert_exact(queries, reference, sims, idx, k, exclude_self=False, own=None):
+    """(sims, idx) [Nq, k] is the exact k-NN of queries in reference, up to near-ties.
+
+    Rank by rank, the float64 similarity of the returned neighbour equals the float64 brute
+    force's at that rank (so a wrong neighbour is caught unless it ties the right one within
+    NEAR_TIE), indices are distinct and valid, the own index (exclude_self) never appears, and
+    the returned float32 similarities are those of the returned indices, descending.
+    """
+    queries, reference = torch.as_tensor(queries).cpu(), torch.as_tensor(reference).cpu()
+    sims, idx = sims.cpu(), idx.cpu()
+    assert sims.dtype == torch.float32 and idx.dtype == torch.int64
+    assert sims.shape == idx.shape == (len(queries), k)
+    assert int(idx.min()) >= 0 and int(idx.max()) < len(reference)
+    assert all(len(set(row)) == k for row in idx.tolist()), "a neighbour listed twice"
+    if exclude_self:
+        own = torch.arange(len(queries)) if own is None else torch.as_tensor(own)
+        assert not bool((idx == own[:, None]).any()), "a query lists itself"
+    all_sims = queries.double() @ reference.double().T  # [Nq, Nr]
+    if exclude_self:
+        all_sims[torch.arange(len(queries)), own] = float("-inf")
+    want = all_sims.topk(k, dim=1).values  # [Nq, k]
+    got = all_sims.gather(1, idx)  # exact similarity of each returned neighbour
+    assert float((got - want).abs().max()) <= NEAR_TIE
+    torch.testing.assert_close(sims.double(), got, atol=1e-5, rtol=0)
+    assert bool((sims[:, :-1] >= sims[:, 1:]).all())
+
+
+def test_assert_exact_catches_a_wrong_neighbour():
+    # The checker itself: swapping in the 8th neighbour for the 7th, or listing the query itself,
+    # must fail it.
+    x = unit_rows(50, dim=8)
+    sims, idx = brute_force(x, x, 8, exclude_self=True)
+    assert_exact(x, x, sims[:, :7].float(), idx[:, :7], 7, exclude_self=True)
+    wrong = idx[:, :7].clone()
+    wrong[0, 6] = idx[0, 7]
+    with pytest.raises(AssertionError):
+        assert_exact(x, x, sims[:, :7].float(), wrong, 7, exclude_self=True)
+    with pytest.raises(AssertionError):
+        assert_exact(x, x, *brute_force(x, x, 3), 3, exclude_self=True)
+
+
+# --- the CPU self-search: faiss heaps, each pair's product once --------------------------------
 
 
 @needs_faiss
+@pytest.mark.parametrize("block_rows", [1, 7, 64, 256, 400])
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_faiss_and_torch_agree_on_a_self_search(exclude_self):
-    x = unit_rows(600)
-    f_sims, f_idx = nearest_neighbours(x, k=8, exclude_self=exclude_self, backend="faiss")
-    for chunk in (128, 4096):
-        t_sims, t_idx = nearest_neighbours(
-            x, k=8, exclude_self=exclude_self, backend="torch", chunk_size=chunk
-        )
-        assert torch.equal(f_idx, t_idx)
-        torch.testing.assert_close(f_sims, t_sims, atol=1e-5, rtol=0)
+def test_heap_self_search_equals_brute_force(monkeypatch, block_rows, exclude_self):
+    # n = 300: one-row blocks, uneven blocks (7 leaves 6 rows at the end), several, one of all.
+    monkeypatch.setattr(retrieval, "_HEAP_BLOCK_ROWS", block_rows)
+    x = unit_rows(300, dim=16, seed=8)
+    sims, idx = retrieval._self_search_heaps(x, 7, exclude_self)
+    assert_exact(x, x, sims, idx, 7, exclude_self)
 
 
 @needs_faiss
-def test_faiss_and_torch_agree_with_a_separate_reference():
-    queries, reference = unit_rows(300, seed=1), unit_rows(500, seed=2)
-    f_sims, f_idx = nearest_neighbours(queries, reference, k=6, backend="faiss")
-    t_sims, t_idx = nearest_neighbours(queries, reference, k=6, backend="torch", chunk_size=64)
-    assert torch.equal(f_idx, t_idx)
-    torch.testing.assert_close(f_sims, t_sims, atol=1e-5, rtol=0)
-
-
-def heap_chunks(monkeypatch, chunk: int, torch_products: bool = True) -> None:
-    """Rows per block of the CPU self-search, and which library multiplies there."""
-    monkeypatch.setattr(retrieval, "_TORCH_CHUNK", chunk)
-    monkeypatch.setattr(retrieval, "_NUMPY_CHUNK", chunk)
-    monkeypatch.setattr(retrieval, "_TORCH_PRODUCTS_MAX_N", 10**9 if torch_products else 0)
-
-
-@needs_faiss
-@pytest.mark.parametrize("chunk", [1, 7, 64, 512, 700])
-@pytest.mark.parametrize("exclude_self", [False, True])
-@pytest.mark.parametrize("torch_products", [True, False])
-def test_symmetric_heap_search_equals_brute_force(monkeypatch, chunk, exclude_self,
-                                                  torch_products):
-    # n = 600: one-row chunks, uneven chunks (7 leaves 5 rows at the end), and one chunk of all.
-    heap_chunks(monkeypatch, chunk, torch_products)
-    x = unit_rows(600, dim=16, seed=8)
-    want_sims, want_idx = brute_force(x, x, 7, exclude_self)
-    sims, idx = nearest_neighbours(x, k=7, exclude_self=exclude_self, backend="faiss")
-    assert torch.equal(idx, want_idx)
-    torch.testing.assert_close(sims, want_sims, atol=1e-5, rtol=0)
-
-
-@needs_faiss
-@pytest.mark.parametrize("torch_products", [True, False])
-def test_symmetric_heap_search_gives_every_row_all_others_and_restores_threads(monkeypatch,
-                                                                               torch_products):
-    # k = n - 1: every row's heap must end up holding all other rows, whichever chunk gave them.
-    # The numpy way runs faiss on one thread meanwhile; faiss's setting must come back after.
-    import faiss
-
-    heap_chunks(monkeypatch, 3, torch_products)
-    threads = faiss.omp_get_max_threads()
+def test_heap_self_search_gives_every_row_all_others(monkeypatch):
+    # k = n − 1: every row's heap must end up holding all other rows, whichever block gave them.
+    monkeypatch.setattr(retrieval, "_HEAP_BLOCK_ROWS", 3)
     x = unit_rows(10, dim=4, seed=10)
-    sims, idx = nearest_neighbours(x, k=9, exclude_self=True, backend="faiss")
+    sims, idx = retrieval._self_search_heaps(x, 9, True)
     assert [sorted(row) for row in idx.tolist()] == [
         [j for j in range(10) if j != i] for i in range(10)
     ]
     assert bool((sims[:, :-1] >= sims[:, 1:]).all())
-    assert faiss.omp_get_max_threads() == threads
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 16, 64, 96, 100, 256, 2000])
+# --- products and top-k in blocks: any device, queries → reference, no-faiss self-search --------
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 64, 300])
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_chunked_torch_equals_unchunked_brute_force(chunk, exclude_self):
-    # n = 1500 and k = 5: chunks 96 and 256 take the exact top-k shortcut (row windows), the
-    # others its plain fallback; 2000 is one plain chunk.
-    x = unit_rows(1500, dim=16, seed=3)
-    want_sims, want_idx = brute_force(x, x, 5, exclude_self)
-    sims, idx = nearest_neighbours(x, k=5, exclude_self=exclude_self, backend="torch",
-                                   chunk_size=chunk)
-    assert torch.equal(idx, want_idx)
-    torch.testing.assert_close(sims, want_sims, atol=1e-5, rtol=0)
+def test_block_search_equals_brute_force(monkeypatch, block_rows, exclude_self):
+    # Blocks of query rows into one reused buffer: the last block short (7), or all in one.
+    monkeypatch.setattr(retrieval, "_BLOCK_ENTRIES", block_rows * 300)  # block_rows per block
+    x = unit_rows(300, dim=16, seed=3)
+    own = torch.arange(300) if exclude_self else None
+    sims, idx = retrieval._search_blocks(x, x, 5, own)
+    assert_exact(x, x, sims, idx, 5, exclude_self)
 
 
-@pytest.mark.parametrize("chunk", [3, 50, 1000])
-def test_chunked_torch_with_reference_equals_brute_force(chunk):
+@pytest.mark.parametrize("block_entries", [10, 9 * 2000, 50 * 2000, 2**24])
+def test_queries_against_a_reference_equal_brute_force(monkeypatch, block_entries):
+    # Fewer entries than one reference row still makes blocks of one query.
+    monkeypatch.setattr(retrieval, "_BLOCK_ENTRIES", block_entries)
     queries, reference = unit_rows(200, seed=4), unit_rows(2000, seed=5)
-    want_sims, want_idx = brute_force(queries, reference, 9)
-    sims, idx = nearest_neighbours(queries, reference, k=9, backend="torch", chunk_size=chunk)
-    assert torch.equal(idx, want_idx)
-    torch.testing.assert_close(sims, want_sims, atol=1e-5, rtol=0)
+    sims, idx = nearest_neighbours(queries, reference, k=9)
+    assert_exact(queries, reference, sims, idx, 9)
 
 
-@pytest.mark.parametrize("shape, k", [((96, 3000), 5), ((160, 1300), 3), ((64, 5000), 1)])
-def test_top_k_shortcut_equals_torch_topk(shape, k):
-    # Coarse values force many ties and a -inf entry per row mimics the masked own index; with
-    # ties the indices may differ, so check the values and that the indices point at them.
-    g = torch.Generator().manual_seed(9)
-    block = torch.randint(0, 50, shape, generator=g).float()
-    block[torch.arange(shape[0]), torch.arange(shape[0])] = float("-inf")
-    sims, idx = retrieval._topk_rows(block, k)
-    assert torch.equal(sims, block.topk(k, dim=1).values)
-    assert torch.equal(block.gather(1, idx), sims) and _distinct_per_row(idx)
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_without_faiss_the_block_search_agrees_with_the_default_path(monkeypatch, exclude_self):
+    # The default path (faiss heaps on a CPU-only machine) and the fallback without faiss: the
+    # same neighbours, up to near-ties, several blocks each.
+    monkeypatch.setattr(retrieval, "_HEAP_BLOCK_ROWS", 64)
+    monkeypatch.setattr(retrieval, "_BLOCK_ENTRIES", 64 * 500)
+    x = unit_rows(500, dim=16, seed=11)
+    sims, idx = nearest_neighbours(x, k=10, exclude_self=exclude_self)
+    monkeypatch.setattr(retrieval, "faiss_available", lambda: False)
+    fb_sims, fb_idx = nearest_neighbours(x, k=10, exclude_self=exclude_self)
+    assert_exact(x, x, sims, idx, 10, exclude_self)
+    assert_exact(x, x, fb_sims, fb_idx, 10, exclude_self)
+    torch.testing.assert_close(fb_sims, sims, atol=1e-5, rtol=0)
+    assert float((fb_idx != idx).float().mean()) < 0.01  # differ at near-ties at most
 
 
-def _distinct_per_row(idx: torch.Tensor) -> bool:
-    return all(len(set(row)) == len(row) for row in idx.tolist())
-
-
-def test_results_are_sorted_float32_int64_and_accept_numpy():
-    x = unit_rows(300).numpy()
-    sims, idx = nearest_neighbours(x, k=10, exclude_self=True, backend="torch", chunk_size=64)
-    assert sims.dtype == torch.float32 and idx.dtype == torch.int64
-    assert sims.shape == idx.shape == (300, 10)
-    assert bool((sims[:, :-1] >= sims[:, 1:]).all())
-    # Every neighbour is distinct within a row.
-    assert all(len(set(row)) == 10 for row in idx.tolist())
-
-
-# --- self-exclusion by index ---------------------------------------------------------------------
-
-
-BACKENDS = ["torch"] + (["faiss"] if faiss_available() else [])
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("chunk", [2, 4096])
-def test_self_excluded_by_index_among_exact_duplicates(monkeypatch, backend, chunk):
-    # Rows 0..4 are exact duplicates. Each of them must list the other four (similarity 1) and
-    # never itself; dropping column 0 would instead drop whichever duplicate sorted first.
-    heap_chunks(monkeypatch, chunk)  # faiss's self-search: chunks of rows
-    x = unit_rows(40, dim=8, seed=6)
-    x[1:5] = x[0]
-    sims, idx = nearest_neighbours(x, k=4, exclude_self=True, backend=backend, chunk_size=chunk)
-    for i in range(5):
-        assert i not in idx[i].tolist()
-        assert set(idx[i].tolist()) == set(range(5)) - {i}
-        torch.testing.assert_close(sims[i], torch.ones(4), atol=1e-5, rtol=0)
-    # Nobody else lists itself either.
-    assert not bool((idx == torch.arange(40)[:, None]).any())
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_self_never_returned_when_duplicates_outnumber_k(monkeypatch, backend):
-    # Ten identical rows and k = 2: ties among the ten decide which two come back, but the query
-    # itself never does (faiss's k+1 list may not even hold the query: the last column is dropped).
-    heap_chunks(monkeypatch, 4)
-    x = unit_rows(30, dim=8, seed=7)
-    x[:10] = x[0]
-    _, idx = nearest_neighbours(x, k=2, exclude_self=True, backend=backend, chunk_size=4)
-    for i in range(10):
-        row = idx[i].tolist()
-        assert i not in row and len(set(row)) == 2 and set(row) <= set(range(10))
-
-
-def test_drop_own_index_keeps_order_and_drops_last_when_own_is_missing():
-    sims = torch.tensor([[0.9, 0.8, 0.7], [1.0, 1.0, 1.0]])
-    idx = torch.tensor([[3, 0, 2], [4, 5, 6]])  # row 0 lists itself second; row 1 not at all
-    kept_sims, kept_idx = retrieval._drop_own_index(sims, idx)
-    assert kept_idx.tolist() == [[3, 2], [4, 5]]
-    torch.testing.assert_close(kept_sims, torch.tensor([[0.9, 0.7], [1.0, 1.0]]))
-
-
-# --- errors that say what to do ------------------------------------------------------------------
-
-
-def test_k_larger_than_available_raises():
-    x = unit_rows(10)
-    nearest_neighbours(x, k=9, exclude_self=True)  # 9 others: fine
-    with pytest.raises(ValueError, match=r"k=10 .* only 9 reference rows .* excluding each query"):
-        nearest_neighbours(x, k=10, exclude_self=True)
-    with pytest.raises(ValueError, match=r"k=6 .* only 5 reference rows"):
-        nearest_neighbours(x, x[:5], k=6)
-
-
-@pytest.mark.parametrize(
-    "call, message",
-    [
-        (lambda x: nearest_neighbours(x, k=0), "k must be an integer ≥ 1"),
-        (lambda x: nearest_neighbours(x, unit_rows(5, dim=8)), "dimension 32 .* has 8"),
-        (lambda x: nearest_neighbours(x[0]), "2-D"),
-        (lambda x: nearest_neighbours(x, backend="annoy"), "backend must be one of"),
-        (lambda x: nearest_neighbours(x, x, exclude_self=True), "pass reference=None"),
-        (lambda x: nearest_neighbours(x, chunk_size=0), "chunk_size"),
-        (lambda x: kmeans(x, 11), "1 ≤ k ≤ number of rows"),
-    ],
-)
-def test_bad_arguments_raise_clear_errors(call, message):
-    with pytest.raises(ValueError, match=message):
-        call(unit_rows(10))
-
-
-@pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_input_raises_and_names_the_row(value):
-    x = unit_rows(10)
-    x[3, 1] = value
-    with pytest.raises(ValueError, match=r"NaN or inf \(rows \[3\]"):
-        nearest_neighbours(x, k=1, exclude_self=True, backend="torch")
-    with pytest.raises(ValueError, match="reference contains NaN"):
-        nearest_neighbours(unit_rows(4), x, k=1, backend="torch")
-
-
-def test_without_faiss_auto_uses_torch_and_faiss_backend_raises(monkeypatch):
+def test_without_faiss_installed_the_search_still_works(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
     assert not faiss_available()
+    assert not retrieval._faiss_gpu_usable(5)
     x = unit_rows(50)
-    _, idx = nearest_neighbours(x, k=3, exclude_self=True)  # auto → torch
-    assert torch.equal(idx, brute_force(x, x, 3, exclude_self=True)[1])
-    with pytest.raises(ValueError, match="install faiss-cpu .* backend='torch'"):
-        nearest_neighbours(x, k=3, backend="faiss")
-    ids = kmeans(x, 4, seed=0)  # the sklearn fallback
-    assert ids.shape == (50,) and ids.dtype == torch.int64
+    sims, idx = nearest_neighbours(x, k=3, exclude_self=True)
+    assert_exact(x, x, sims, idx, 3, exclude_self=True)
 
 
-# --- k-means -------------------------------------------------------------------------------------
+def test_results_are_sorted_float32_int64_on_the_cpu_and_accept_numpy():
+    x = unit_rows(300).numpy()
+    sims, idx = nearest_neighbours(x, k=10, exclude_self=True)
+    assert sims.device.type == idx.device.type == "cpu"
+    assert_exact(torch.from_numpy(x), torch.from_numpy(x), sims, idx, 10, exclude_self=True)
+    sims, idx = nearest_neighbours(x[:20], x.astype(np.float64), k=4)  # computed in float32
+    assert_exact(torch.from_numpy(x[:20]), torch.from_numpy(x), sims, idx, 4)
 
 
-def separated_clusters(n_clusters=5, per_cluster=30, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(n_clusters, 16, generator=g), dim=1) * 10
-    x = centres.repeat_interleave(per_cluster, 0) + 0.05 * torch.randn(
-        n_clusters * per_cluster, 16, generator=g
-    )
-    return x, torch.arange(n_clusters).repeat_interleave(per_cluster)
+def test_doc_example_and_k_equal_to_the_reference_size():
+    x = torch.tensor([[1.0, 0.0], [0.985, 0.174], [0.0, 1.0]])
+    assert nearest_neighbours(x, k=1, exclude_self=True)[1].ravel().tolist() == [1, 0, 1]
+    _, idx = nearest_neighbours(x, k=3)  # the whole reference, query included
+    assert idx.tolist() == [[0, 1, 2], [1, 0, 2], [2, 1, 0]]
 
 
-@pytest.mark.parametrize("use_faiss", [True, False])
-def test_kmeans_recovers_separated_clusters_and_is_deterministic(use_faiss, monkeypatch):
-    if use_faiss and not faiss_available():
-        pytest.skip("faiss is not installed")
-    if not use_faiss:
-        monkeypatch.setattr(retrieval, "faiss_available", lambda: False)
-    x, truth = separated_clusters()
-    ids = kmeans(x, 5, seed=3)
-    assert torch.equal(ids, kmeans(x, 5, seed=3))
-    # Each true cluster is one k-means cluster, and different true clusters get different ids.
-    for c in range(5):
-        assert len(set(ids[truth == c].tolist())) == 1
-    assert len(set(ids.tolist())) == 5
+# --- where the search runs (docs/method.md §14.2) ----------------------------------------------
 
 
-@needs_faiss
-def test_kmeans_with_few_points_per_centroid_is_silent(capfd):
-    # NMI on SOP has ~5 points per cluster; faiss would print "please provide at least ...".
-    kmeans(unit_rows(60), 20, seed=0)
-    out, err = capfd.readouterr()
-    assert "please provide" not in out + err
+@pytest.mark.parametrize("device_type, faiss_gpus, reference, want", [
+    ("cpu", 0, False, "_self_search_heaps"),  # CPU self-search: symmetric faiss heaps
+    ("cpu", 0, True, "_search_blocks"),  # CPU, queries → reference: products + top-k
+    ("meta", 0, False, "_search_blocks"),  # torch sees a GPU: products + top-k there
+    ("meta", 0, True, "_search_blocks"),
+    ("cpu", 1, False, "_search_faiss_gpu"),  # faiss sees a GPU
+    ("cpu", 1, True, "_search_faiss_gpu"),
+])
+def test_the_path_is_chosen_by_what_the_machine_has(monkeypatch, device_type, faiss_gpus,
+                                                    reference, want):
+    # Stand-ins for what the machine has (no GPU needed): where torch would search ("meta" plays
+    # the GPU that `search_device` would pick: a device that is not the CPU, and that tensors
+    # can be moved to here), and how many GPUs faiss counts. Each path is replaced by a spy that
+    # records that it ran.
+    ran = []
+
+    def spy(name):
+        def path(queries, *args):
+            ran.append(name)
+            k = args[-2] if name != "_self_search_heaps" else args[0]
+            return torch.zeros(len(queries), k), torch.zeros(len(queries), k, dtype=torch.int64)
+        return path
+
+    monkeypatch.setitem(sys.modules, "faiss", FakeFaiss(gpus=faiss_gpus))
+    monkeypatch.setattr(retrieval, "search_device", lambda device: torch.device(device_type))
+    for name in ("_self_search_heaps", "_search_blocks", "_search_faiss_gpu"):
+        monkeypatch.setattr(retrieval, name, spy(name))
+    x = unit_rows(20)
+    sims, idx = nearest_neighbours(x, x[:10] if reference else None, k=3)
+    assert ran == [want]
+    assert sims.shape == idx.shape == (20, 3) and sims.device == x.device
 
 
-def test_kmeans_seed_changes_the_clustering_of_unstructured_data():
-    # Guards against a seed that is silently ignored.
-    x = unit_rows(200, dim=8, seed=8)
-    runs = {tuple(kmeans(x, 10, seed=s, niter=5).tolist()) for s in range(4)}
-    assert len(runs) > 1
+def test_faiss_gpu_is_used_only_up_to_k_2048_and_only_when_it_counts_gpus(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", FakeFaiss(gpus=2))
+    assert retrieval._faiss_gpu_usable(2048)
+    assert not retrieval._faiss_gpu_usable(2049)  # faiss-gpu's k-selection limit (faiss#2103)
+    monkeypatch.setitem(sys.modules, "faiss", FakeFaiss(gpus=0))
+    assert not retrieval._faiss_gpu_usable(5)
+    monkeypatch.setitem(sys.modules, "faiss", object())  # an old faiss without get_num_gpus
+    assert not retrieval._faiss_gpu_usable(5)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # no faiss at all
+    assert not retrieval._faiss_gpu_usable(5)
 
 
-def test_numpy_input_is_accepted_by_kmeans():
-    x, _ = separated_clusters(3, 10)
-    assert kmeans(np.asarray(x), 3).shape == (30,)
-
-
-# --- on a GPU: the faiss-gpu guard and torch on the GPU, with stand-ins (no GPU needed) ----------
+# --- faiss on a GPU, with a stand-in faiss (no GPU needed) --------------------------------------
 
 
 class FakeFaiss:
-    """Just enough of faiss for `_search_faiss`: a brute-force IndexFlatIP in numpy, a GPU count,
-    and GPU calls that only record themselves (the index stays the CPU one)."""
+    """Just enough of faiss for `_search_faiss_gpu`: a brute-force IndexFlatIP in numpy (ties in
+    index order), a GPU count, and GPU calls that only record themselves."""
 
     def __init__(self, gpus: int):
         self.gpus, self.moved_to = gpus, []
@@ -306,7 +238,8 @@ class FakeFaiss:
             self.data = np.concatenate([self.data, x])
 
         def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-            sims = q @ self.data.T
+            # Without BLAS, so that exact duplicates get exactly equal products.
+            sims = (q[:, None, :] * self.data[None, :, :]).sum(axis=2)
             idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
             return np.take_along_axis(sims, idx, axis=1), idx
 
@@ -319,43 +252,207 @@ class FakeFaiss:
         return index
 
 
-@pytest.mark.parametrize("backend", ["auto", "faiss"])
-def test_faiss_without_a_gpu_searches_on_the_cpu_index(monkeypatch, backend):
-    fake = FakeFaiss(gpus=0)  # faiss-cpu, or faiss-gpu imported on a machine without a GPU
-    monkeypatch.setitem(sys.modules, "faiss", fake)
-    queries, reference = unit_rows(40, seed=3), unit_rows(60, seed=4)
-    _, idx = nearest_neighbours(queries, reference, k=3, backend=backend)
-    assert fake.moved_to == []
-    assert torch.equal(idx, brute_force(queries, reference, 3)[1])
-
-
-@pytest.mark.parametrize("backend", ["auto", "faiss"])
-def test_faiss_seeing_a_gpu_puts_the_index_there(monkeypatch, backend):
+def test_faiss_seeing_a_gpu_puts_the_index_there(monkeypatch):
     fake = FakeFaiss(gpus=1)
     monkeypatch.setitem(sys.modules, "faiss", fake)
     queries, reference = unit_rows(40, seed=3), unit_rows(60, seed=4)
-    _, idx = nearest_neighbours(queries, reference, k=5, backend=backend)
-    assert fake.moved_to == [0]  # torch sees no GPU here: device 0
-    assert torch.equal(idx, brute_force(queries, reference, 5)[1])
+    sims, idx = nearest_neighbours(queries, reference, k=5)
+    assert len(fake.moved_to) == 1
+    assert sims.device == queries.device
+    assert_exact(queries, reference, sims, idx, 5)
 
 
-def test_faiss_gpu_is_used_only_up_to_k_2048_and_only_when_it_counts_gpus(monkeypatch):
-    monkeypatch.setitem(sys.modules, "faiss", FakeFaiss(gpus=2))
-    assert retrieval._faiss_gpu_usable(2048)
-    assert not retrieval._faiss_gpu_usable(2049)  # faiss-gpu's k-selection limit
-    monkeypatch.setitem(sys.modules, "faiss", FakeFaiss(gpus=0))
-    assert not retrieval._faiss_gpu_usable(5)
-    monkeypatch.setitem(sys.modules, "faiss", object())  # an old faiss without get_num_gpus
-    assert not retrieval._faiss_gpu_usable(5)
-    monkeypatch.setitem(sys.modules, "faiss", None)  # no faiss at all
-    assert not retrieval._faiss_gpu_usable(5)
+def test_faiss_without_a_gpu_is_not_asked_to_search(monkeypatch):
+    fake = FakeFaiss(gpus=0)  # faiss-cpu, or faiss-gpu imported on a machine without a GPU
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    queries, reference = unit_rows(40, seed=3), unit_rows(60, seed=4)
+    sims, idx = nearest_neighbours(queries, reference, k=3)
+    assert fake.moved_to == []
+    assert_exact(queries, reference, sims, idx, 3)
 
 
-def test_auto_uses_torch_on_a_visible_gpu_when_faiss_cannot(monkeypatch):
-    monkeypatch.setitem(sys.modules, "faiss", FakeFaiss(gpus=0))
-    cpu = torch.device("cpu")
-    assert retrieval._resolve_backend("auto", cpu, 4) == "faiss"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    assert retrieval._resolve_backend("auto", cpu, 4) == "torch"
-    assert retrieval._resolve_backend("auto", torch.device("cuda", 0), 4) == "torch"
+def test_faiss_gpu_self_search_drops_the_own_index(monkeypatch):
+    # Rows 0..4 are exact duplicates. The stand-in lists ties in index order, so row 3's k+1 = 3
+    # nearest are 0, 1, 2, without 3 itself: the last column goes instead.
+    fake = FakeFaiss(gpus=1)
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    x = unit_rows(30, dim=8, seed=6)
+    x[1:5] = x[0]
+    sims, idx = nearest_neighbours(x, k=2, exclude_self=True)
+    assert len(fake.moved_to) == 1
+    assert idx[3].tolist() == [0, 1] and idx[0].tolist() == [1, 2]
+    assert_exact(x, x, sims, idx, 2, exclude_self=True)
+
+
+def test_drop_own_index_keeps_order_and_drops_last_when_own_is_missing():
+    sims = torch.tensor([[0.9, 0.8, 0.7], [1.0, 1.0, 1.0]])
+    idx = torch.tensor([[3, 0, 2], [4, 5, 6]])  # row 0 lists itself second; row 1 not at all
+    kept_sims, kept_idx = retrieval._drop_own_index(sims, idx, torch.tensor([0, 1]))
+    assert kept_idx.tolist() == [[3, 2], [4, 5]]
+    torch.testing.assert_close(kept_sims, torch.tensor([[0.9, 0.7], [1.0, 1.0]]))
+
+
+@needs_cuda
+def test_on_a_gpu_results_come_back_on_the_queries_device():
+    x = unit_rows(300, dim=16, seed=12)
+    for queries in (x, x.cuda()):
+        sims, idx = nearest_neighbours(queries, k=6, exclude_self=True)
+        assert sims.device == idx.device == queries.device
+        assert_exact(x, x, sims, idx, 6, exclude_self=True)
+    sims, idx = nearest_neighbours(x[:50].cuda(), x.cuda(), k=6)
+    assert sims.device.type == "cuda"
+    assert_exact(x[:50], x, sims, idx, 6)
+
+
+# --- self-exclusion BY INDEX (docs/method.md §7.2) ---------------------------------------------
+
+
+def _self_search(path: str, monkeypatch):
+    """A self-search with exclude_self=True by one path: (x, k) → (sims, idx)."""
+    if path == "heaps":
+        if not faiss_available():
+            pytest.skip("faiss is not installed")
+        monkeypatch.setattr(retrieval, "_HEAP_BLOCK_ROWS", 3)
+        return lambda x, k: retrieval._self_search_heaps(x, k, True)
+    if path == "blocks":
+        monkeypatch.setattr(retrieval, "_BLOCK_ENTRIES", 3 * 40)
+        return lambda x, k: retrieval._search_blocks(x, x, k, torch.arange(len(x)))
+    if path == "no faiss":
+        monkeypatch.setattr(retrieval, "faiss_available", lambda: False)
+    return lambda x, k: nearest_neighbours(x, k=k, exclude_self=True)  # "default", "no faiss"
+
+
+SELF_SEARCHES = ["heaps", "blocks", "default", "no faiss"]
+
+
+@pytest.mark.parametrize("path", SELF_SEARCHES)
+def test_self_excluded_by_index_among_exact_duplicates(monkeypatch, path):
+    # Rows 0..4 are exact duplicates. Each of them must list the other four (similarity 1) and
+    # never itself; dropping column 0 would instead drop whichever duplicate sorted first.
+    search = _self_search(path, monkeypatch)
+    x = unit_rows(40, dim=8, seed=6)
+    x[1:5] = x[0]
+    sims, idx = search(x, 4)
+    for i in range(5):
+        assert set(idx[i].tolist()) == set(range(5)) - {i}
+        torch.testing.assert_close(sims[i], torch.ones(4), atol=1e-5, rtol=0)
+    assert not bool((idx == torch.arange(40)[:, None]).any())  # nobody lists itself
+
+
+@pytest.mark.parametrize("path", SELF_SEARCHES)
+def test_self_never_returned_when_duplicates_outnumber_k(monkeypatch, path):
+    # Ten identical rows and k = 2: ties among the ten decide which two come back, but the query
+    # itself never does.
+    search = _self_search(path, monkeypatch)
+    x = unit_rows(40, dim=8, seed=7)
+    x[:10] = x[0]
+    _, idx = search(x, 2)
+    for i in range(10):
+        row = idx[i].tolist()
+        assert i not in row and len(set(row)) == 2 and set(row) <= set(range(10))
+
+
+# --- a few queries drawn from the set ----------------------------------------------------------
+
+
+def test_neighbours_of_rows_equal_the_full_self_search_at_those_rows(monkeypatch):
+    monkeypatch.setattr(retrieval, "_BLOCK_ENTRIES", 7 * 400)  # several blocks of queries
+    x = unit_rows(400, dim=16, seed=13)
+    x[[50, 51]] = x[17].clone()  # exact duplicates of a drawn row: listed, never the row itself
+    rows = [17, 3, 399, 3, 0, 51]  # repeats allowed
+    sims, idx = nearest_neighbours_of_rows(x, rows, k=8)
+    assert_exact(x[rows], x, sims, idx, 8, exclude_self=True, own=rows)
+    all_sims, all_idx = nearest_neighbours(x, k=8, exclude_self=True)
+    torch.testing.assert_close(sims, all_sims[rows], atol=1e-5, rtol=0)
+    # The same neighbours; exact duplicates (row 17's 50 and 51) may come in either order.
+    assert [set(row) for row in idx.tolist()] == [set(row) for row in all_idx[rows].tolist()]
+    assert torch.equal(idx[1], idx[3]) and set(idx[0, :2].tolist()) == {50, 51}
+    assert set(idx[5, :2].tolist()) == {17, 50}
+
+
+@pytest.mark.parametrize("rows", [torch.tensor([4, 1]), np.array([4, 1]), [4, 1],
+                                  np.array([4, 1], dtype=np.int32)])
+def test_neighbours_of_rows_accept_tensors_arrays_and_lists(rows):
+    x = unit_rows(30, dim=8, seed=14)
+    sims, idx = nearest_neighbours_of_rows(x.numpy(), rows, k=29)  # k = N − 1: all others
+    assert [sorted(row) for row in idx.tolist()] == [
+        [j for j in range(30) if j != i] for i in (4, 1)
+    ]
+    assert_exact(x[[4, 1]], x, sims, idx, 29, exclude_self=True, own=[4, 1])
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([], "rows must be a non-empty 1-D list of integer row indices, got shape \\(0,\\)"),
+    ([[1, 2]], "non-empty 1-D list .* got shape \\(1, 2\\)"),
+    ([1.0, 2.0], "integer row indices, .* dtype torch.float64"),
+    ([True, False], "integer row indices, .* dtype torch.bool"),
+    ([0, 10], "rows must index x's 10 rows \\(0 to 9\\), got 0 to 10"),
+    ([-1, 3], "rows must index x's 10 rows \\(0 to 9\\), got -1 to 3"),
+])
+def test_neighbours_of_rows_refuse_bad_rows(rows, message):
+    with pytest.raises(ValueError, match=message):
+        nearest_neighbours_of_rows(unit_rows(10), rows, k=1)
+
+
+def test_neighbours_of_rows_k_limits():
+    x = unit_rows(10)
+    nearest_neighbours_of_rows(x, [0], k=9)
+    with pytest.raises(ValueError, match=r"k=10 .* only 9 reference rows .* excluding each query"):
+        nearest_neighbours_of_rows(x, [0], k=10)
+    with pytest.raises(ValueError, match="k must be an integer ≥ 1"):
+        nearest_neighbours_of_rows(x, [0], k=0)
+
+
+# --- errors that say what to do ----------------------------------------------------------------
+
+
+def test_k_larger_than_available_raises():
+    x = unit_rows(10)
+    nearest_neighbours(x, k=9, exclude_self=True)  # 9 others: fine
+    nearest_neighbours(x, x[:5], k=5)  # the whole reference: fine
+    with pytest.raises(ValueError, match=r"k=10 .* only 9 reference rows .* excluding each query"
+                                         r" itself: use k ≤ 9"):
+        nearest_neighbours(x, k=10, exclude_self=True)
+    with pytest.raises(ValueError, match=r"k=6 .* only 5 reference rows are available: use k ≤ 5"):
+        nearest_neighbours(x, x[:5], k=6)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x: nearest_neighbours(x, k=0), "k must be an integer ≥ 1, got 0"),
+    (lambda x: nearest_neighbours(x, k=2.0), "k must be an integer ≥ 1, got 2.0"),
+    (lambda x: nearest_neighbours(x, k=True), "k must be an integer ≥ 1, got True"),
+    (lambda x: nearest_neighbours(x, unit_rows(5, dim=8)),
+     "queries has 32-d rows but reference has 8-d rows"),
+    (lambda x: nearest_neighbours(x[0]), "queries must be a 2-D"),
+    (lambda x: nearest_neighbours(x, x[:0]), "reference is empty"),
+    (lambda x: nearest_neighbours(x, x, exclude_self=True), "pass reference=None"),
+])
+def test_bad_arguments_raise_clear_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(unit_rows(10))
+
+
+def test_numpy_integer_k_is_accepted_against_a_reference():
+    x = unit_rows(10)
+    sims, idx = nearest_neighbours(x, x[:5], k=np.int64(2))
+    assert_exact(x, x[:5], sims, idx, 2)
+
+
+def test_numpy_integer_k_is_accepted_in_a_cpu_self_search(monkeypatch):
+    if not faiss_available():
+        pytest.skip("faiss is not installed")
+    monkeypatch.setattr(retrieval, "search_device", lambda device: device)  # the CPU path
+    x = unit_rows(10)
+    sims, idx = nearest_neighbours(x, k=np.int64(2), exclude_self=True)
+    assert_exact(x, x, sims, idx, 2, exclude_self=True)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_input_raises_and_names_the_row(value):
+    x = unit_rows(10)
+    x[3, 1] = value
+    with pytest.raises(ValueError, match=r"queries has 1 of 10 rows with NaN or inf \(rows \[3\]"):
+        nearest_neighbours(x, k=1, exclude_self=True)
+    with pytest.raises(ValueError, match=r"reference has 1 of 10 rows with NaN or inf "
+                                         r"\(rows \[3\]"):
+        nearest_neighbours(unit_rows(4), x, k=1)
