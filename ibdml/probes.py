@@ -3,39 +3,26 @@
 The authors' code computes the attention weights and throws them away. To see whether nodes come
 to attend to their own class, and whether that sharpens, the trainer draws a few probe batches
 once per run (training classes, the training batch shape n_c × n_s, seeded) and passes them
-through the model in eval mode under no_grad (no attention dropout; METHOD_SPEC §13, "Recommended
-definitions") before training and after every epoch. Every layer's and head's N × N attention is
-kept, in float16, one file per epoch, so an interrupted run resumes without rewriting history and
-a 70-epoch paper run stays small (SOP: 4 probes × 8 heads × 90² × 2 bytes = 0.5 MB an epoch).
-
-    <run>/attention/probes.json      labels [P][N], train-split indices [P][N], image paths,
-                                     class names, and what the arrays hold
-    <run>/attention/epoch_0000.npy   [L, P, H, N, N] float16 after epoch e (0 = before training)
-
-`load_attention(run_dir)` returns the record in the form `ibdml.attention` analyses;
-`summarise_run(run_dir)` writes <run>/attention_summary.json: the per-head curves, the edge-case
-verdicts and the node the notebooks show by default.
+through the model in eval mode under no_grad (no attention dropout; docs/method.md §13) before
+training and after every epoch. Every layer's and head's N × N attention is kept;
+steps/attention.py stores it, one float16 file per epoch, and reads it back as an `AttentionRun`.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ibdml.accel import autocast, bf16_override, to_device
+from ibdml import device as devices
 from ibdml.attention import Treatment, edge_case_verdicts, same_class_mass, summarise
 from ibdml.config import Params
 from ibdml.data.folder import ImageDataset, Split
 from ibdml.data.transforms import eval_transform
+from ibdml.evaluation import embed
 from ibdml.model import IntraBatchModel
-from ibdml.runs import (RunFolderError, environment, read_json, read_run_params, write_json,
-                        write_npy)
 
-FOLDER = "attention"
 # The probes' own random stream: drawing them must not move the training RNG (resume is exact).
 PROBE_STREAM = 7919
 
@@ -45,7 +32,7 @@ class Probes:
     images: torch.Tensor  # [P, N, 3, S, S] eval-transformed, loaded once per run
     labels: torch.Tensor  # [P, N] training-class labels
     indices: np.ndarray  # [P, N] positions in the train split
-    bf16: bool | None = None  # accel.autocast's switch: the precision training runs in (amp)
+    bf16: bool | None = None  # device.autocast's switch: the precision training runs in (amp)
 
 
 def draw_probe_indices(labels: np.ndarray, n_c: int, n_s: int, count: int,
@@ -79,7 +66,7 @@ def make_probes(split: Split, p: Params) -> Probes:
     images = torch.stack([data[int(i)][0] for i in indices.ravel()])  # [P·N, 3, S, S]
     images = images.view(*indices.shape, *images.shape[1:])  # [P, N, 3, S, S]
     return Probes(images, torch.as_tensor(split.labels[indices]), indices,
-                  bf16_override(p))
+                  devices.bf16_override(p.amp))
 
 
 @torch.no_grad()
@@ -91,43 +78,12 @@ def record_attention(model: IntraBatchModel, probes: Probes, device: torch.devic
     MPN call."""
     if model.mpn is None:
         raise ValueError("the model has no MPN (mpn_layers: 0): there is no attention to record")
-    model.eval()
     P, N = probes.labels.shape
     flat = probes.images.flatten(0, 1)  # [P·N, 3, S, S]
-    with autocast(device, probes.bf16):  # as in training: bf16 on CUDA when amp, softmax fp32
-        embedding = torch.cat([model.backbone(to_device(flat[i:i + chunk], device))[0].float()
-                               for i in range(0, len(flat), chunk)])  # [P·N, D]
+    embedding = embed(model, flat.split(chunk), device, probes.bf16)  # [P·N, D], eval mode
+    with devices.autocast(device, probes.bf16):  # as in training: bf16 on CUDA when amp
         out = model.mpn(embedding.view(P, N, -1), return_attention=True, return_logits=False)
     return out.attention.float().cpu()  # [L, P, H, N, N]
-
-
-def epoch_file(run_dir: Path, epoch: int) -> Path:
-    return Path(run_dir) / FOLDER / f"epoch_{epoch:04d}.npy"
-
-
-def write_probe_info(run_dir: Path, probes: Probes, split: Split, p: Params) -> None:
-    """probes.json: who is in each probe batch, and how to read the epoch files."""
-    write_json(Path(run_dir) / FOLDER / "probes.json", {
-        "layout": "epoch_EEEE.npy: float16 [layers, probes, heads, N, N]; row i = node i's "
-                  "weights over its batch (rows sum < 1 with the null key: 1 − sum is its mass); "
-                  "epoch 0 = before training; eval mode, no_grad",
-        "layers": p.mpn_layers, "probes": p.attention_probes, "heads": p.mpn_heads,
-        "nodes": p.batch_size, "n_c": p.n_c, "n_s": p.n_s, "null_key": p.attention_null_key,
-        "labels": probes.labels.tolist(), "indices": probes.indices.tolist(),
-        "class_names": [[split.class_names[int(c)] for c in row] for row in probes.labels],
-        "paths": [[str(split.paths[int(i)]) for i in row] for row in probes.indices]})
-
-
-def save_epoch(run_dir: Path, epoch: int, attention: torch.Tensor) -> None:
-    write_npy(epoch_file(run_dir, epoch), attention.to(torch.float16).numpy())
-
-
-def record_epoch(model: IntraBatchModel, probes: Probes, run_dir: Path, epoch: int,
-                 device: torch.device) -> float:
-    """Record and save one epoch's attention; returns the seconds it took."""
-    start = time.perf_counter()
-    save_epoch(run_dir, epoch, record_attention(model, probes, device))
-    return time.perf_counter() - start
 
 
 @dataclass
@@ -143,39 +99,9 @@ class AttentionRun:
         return sorted(self.by_epoch)
 
 
-def load_attention(run_dir: str | Path) -> AttentionRun:
-    """Read <run>/attention/. Epoch files of another shape than probes.json describes (a run
-    folder written by something else) are an error, not a silent mix."""
-    folder = Path(run_dir) / FOLDER
-    info_file = folder / "probes.json"
-    if not info_file.is_file():
-        raise RunFolderError(f"{folder} holds no attention record (no probes.json): train with "
-                             "attention_probes ≥ 1 and mpn_layers ≥ 1 to record one")
-    info = read_json(info_file)
-    expected = (info["layers"], info["probes"], info["heads"], info["nodes"], info["nodes"])
-    by_epoch = {}
-    for f in sorted(folder.glob("epoch_*.npy")):
-        a = np.load(f)
-        if a.shape != expected:
-            raise RunFolderError(f"{f} holds attention of shape {a.shape}, probes.json says "
-                                 f"{expected}; the folder mixes two runs: train into a new one")
-        by_epoch[int(f.stem.split("_")[1])] = a
-    if not by_epoch:
-        raise RunFolderError(f"{folder} has probes.json but no epoch_*.npy: training stopped "
-                             "before the first record; run the training again to resume")
-    return AttentionRun(by_epoch, np.asarray(info["labels"], dtype=np.int64), info)
-
-
-def storage_bytes(p: Params) -> int:
-    """Bytes of attention a run with these parameters writes (epochs + 1 records)."""
-    per_epoch = p.mpn_layers * p.attention_probes * p.mpn_heads * p.batch_size ** 2 * 2
-    return per_epoch * (p.epochs + 1)
-
-
 def records_attention(p: Params) -> bool:
     """Whether a run records attention: probes asked for, and an MPN that runs in training."""
     return p.attention_probes > 0 and p.mpn_layers > 0 and p.loss_heads == "both"
-
 
 
 def typical_node(rec: AttentionRun, *, layer: int, head: int, probe: int = 0) -> int:
@@ -186,11 +112,9 @@ def typical_node(rec: AttentionRun, *, layer: int, head: int, probe: int = 0) ->
     return int(torch.argsort(same)[len(same) // 2])
 
 
-def summarise_run(run_dir: str | Path, *,
-                  null_key_treatment: Treatment = "renormalise") -> dict:
-    """Summarise <run>/attention/ (claim 3) into <run>/attention_summary.json and return it:
+def summarise_record(rec: AttentionRun, null_key_treatment: Treatment = "renormalise") -> dict:
+    """What attention_summary.json holds (claim 3):
 
-        recorded      false (with the reason) for a run that records no attention
         summary       attention.summarise: per epoch/layer/head KL, entropy, same-class, null mass
         verdicts      attention.edge_case_verdicts at the last epoch (and "verdicts_start" at 0)
         claim         counts over heads: above chance at the end, KL up by more than 1 % of
@@ -198,14 +122,6 @@ def summarise_run(run_dir: str | Path, *,
         example       {layer, head, probe, node, class}: the head whose same-class mass rose most,
                       its typical node (the notebooks' default view)
     """
-    run_dir, p = Path(run_dir), read_run_params(run_dir)
-    if not records_attention(p):
-        reason = ("mpn_layers is 0" if p.mpn_layers == 0 else "attention_probes is 0"
-                  if p.attention_probes == 0 else "loss_heads is backbone: the MPN never trains")
-        result = {"recorded": False, "reason": f"this run records no attention: {reason}"}
-        write_json(run_dir / "attention_summary.json", result)
-        return result
-    rec = load_attention(run_dir)
     summary = summarise(rec.by_epoch, rec.labels, null_key_treatment=null_key_treatment)
     end, start = edge_case_verdicts(summary), edge_case_verdicts(summary, epoch=rec.epochs[0])
     heads, tol = end["heads"], end["thresholds"]
@@ -214,7 +130,7 @@ def summarise_run(run_dir: str | Path, *,
     raised = [h["same_class_change"] > tol["chance_margin"] for h in heads]
     best = max(heads, key=lambda h: h["same_class_change"])
     node = typical_node(rec, layer=best["layer"], head=best["head"])
-    result = {
+    return {
         "recorded": True, "epochs": rec.epochs, "summary": summary, "verdicts": end,
         "verdicts_start": start,
         "claim": {"heads": len(heads),
@@ -224,7 +140,4 @@ def summarise_run(run_dir: str | Path, *,
                   "collapsed": sum(h["verdict"] == "collapsed" for h in heads)},
         "example": {"layer": best["layer"], "head": best["head"], "probe": 0, "node": node,
                     "class": int(rec.labels[0, node]),
-                    "class_name": rec.info["class_names"][0][node]},
-        "params": p.to_dict(), "environment": environment(torch.device("cpu"))}
-    write_json(run_dir / "attention_summary.json", result)
-    return result
+                    "class_name": rec.info["class_names"][0][node]}}

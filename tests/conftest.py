@@ -17,7 +17,7 @@ def glyph_root(tmp_path_factory):
 def interrupted_then_resumed(monkeypatch):
     """run(p, run_dir, after_interrupt=None): train, stopped by a KeyboardInterrupt as the second
     epoch starts, call after_interrupt(), then train again (which resumes)."""
-    import ibdml.train as train_module
+    import ibdml.steps.train as train_module
 
     def run(p, run_dir, after_interrupt=lambda: None):
         real_epoch, calls = train_module.train_epoch, []

@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 from ibdml.config import load_params
-from ibdml.data.datasets import load_splits
+from ibdml.data.splits import load_splits
 from ibdml.data.folder import DatasetError
-from ibdml.evaluation import evaluate_mpn_inference, evaluate_run, retrieval_examples
-from ibdml.train import train
+from ibdml.steps.evaluate import evaluate_run, retrieval_examples
+from ibdml.steps.mpn_inference import evaluate_mpn_inference
+from ibdml.steps.train import train
 from test_benchmarks import make_cub as make_official_cub
 
 SMALL = {"official_counts": False, "image_size": 32, "test_resize_ratio": 1.0,

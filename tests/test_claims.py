@@ -9,9 +9,13 @@ import nbformat
 import papermill
 import pytest
 
-from ibdml.claims import (PAPER, claim_table, comparison_table, find_paper_runs, mean_std,
-                          paper_comparison, run_dir_of, verdict)
-from ibdml.pipeline import CONTRACT, NOTEBOOKS, run_claims_notebook, steps
+from ibdml.claims import claim_table, comparison_table, mean_std, verdict
+from ibdml.paper import PAPER
+from ibdml.pipeline import NOTEBOOKS, run_claims_notebook, steps
+from ibdml.steps.claims import find_paper_runs, paper_comparison, run_dir_of
+
+# The parameters every notebook receives from the pipeline (docs/architecture.md).
+CONTRACT = ("params_file", "run_dir", "overrides")
 
 SMOKE = Path(__file__).parent.parent / "params" / "smoke.yaml"
 

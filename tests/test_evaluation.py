@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ibdml.config import load_params
-from ibdml.evaluation import evaluate_run
-from ibdml.train import train
+from ibdml.steps.evaluate import evaluate_run
+from ibdml.steps.train import train
 
 SMOKE = Path(__file__).parent.parent / "params" / "smoke.yaml"
 
@@ -50,7 +50,7 @@ def test_untrained_run_is_a_clear_error(glyph_root, tmp_path):
 
 
 def test_mpn_inference_without_an_mpn_records_null(glyph_root, tmp_path):
-    from ibdml.evaluation import evaluate_mpn_inference
+    from ibdml.steps.mpn_inference import evaluate_mpn_inference
 
     p = load_params(SMOKE, {"data_root": str(glyph_root), "mpn_layers": 0,
                             "loss_heads": "backbone", "baselines": False})
@@ -64,7 +64,7 @@ def test_mpn_inference_without_an_mpn_records_null(glyph_root, tmp_path):
 
 
 def test_mpn_inference_refines_every_test_image(trained_run):
-    from ibdml.evaluation import evaluate_mpn_inference, neighbourhood_examples
+    from ibdml.steps.mpn_inference import evaluate_mpn_inference, neighbourhood_examples
 
     evaluate_run(trained_run, progress=False)
     result = evaluate_mpn_inference(trained_run)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ibdml.attention import summarise
-from ibdml.config import load_params, make_params
-from ibdml.probes import draw_probe_indices, epoch_file, load_attention, storage_bytes
-from ibdml.runs import RunFolderError
-from ibdml.train import train
+from ibdml.config import load_params
+from ibdml.probes import draw_probe_indices
+from ibdml.steps.attention import epoch_file, load_attention
+from ibdml.steps.rundir import RunFolderError
+from ibdml.steps.train import train
 
 SMOKE = Path(__file__).parent.parent / "params" / "smoke.yaml"
 
@@ -118,18 +118,8 @@ def test_a_mixed_folder_is_refused(recorded, tmp_path):
         load_attention(run)
 
 
-def test_a_paper_run_stays_small():
-    # SOP's Table 1 shape (15 × 6 = 90 nodes, 8 heads), 70 epochs, the default 4 probes
-    p = make_params({"n_c": 15, "n_s": 6, "mpn_heads": 8, "epochs": 70})
-    assert storage_bytes(p) < 40e6
-    # and the files hold what storage_bytes says
-    a = torch.zeros(p.mpn_layers, p.attention_probes, p.mpn_heads, 90, 90, dtype=torch.float16)
-    assert a.numel() * 2 * (p.epochs + 1) == storage_bytes(p)
-
-
-def test_summarise_run_writes_the_sidecar_and_the_figures_build_from_it(recorded):
-    from ibdml.probes import summarise_run
-    from ibdml.viz import save_attention_figures
+def test_summarise_run_writes_the_sidecar_and_the_figures(recorded):
+    from ibdml.steps.attention import summarise_run
 
     p, run = recorded
     result = summarise_run(run)
@@ -142,18 +132,17 @@ def test_summarise_run_writes_the_sidecar_and_the_figures_build_from_it(recorded
     ex = result["example"]
     rec = load_attention(run)
     assert ex["class"] == rec.labels[0, ex["node"]]
-    saved = save_attention_figures(run, rec.by_epoch, rec.labels, result["summary"],
-                                   layer=ex["layer"], head=ex["head"], probe=0, node=ex["node"])
-    assert set(saved) == {"kl", "same_class", "node", "heatmap"}
-    for html, png in saved.values():
-        assert html.read_text().startswith("<html>") or "plotly" in html.read_text()
+    for stem in ("attention_kl", "attention_same_class", "attention_node", "attention_heatmap"):
+        html, png = run / "figures" / f"{stem}.html", run / "figures" / f"{stem}.png"
+        assert "plotly" in html.read_text()
         assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
 
 
 def test_summarise_run_without_a_record_says_why(glyph_root, tmp_path):
-    from ibdml.probes import summarise_run
+    from ibdml.steps.attention import summarise_run
 
     train(smoke(glyph_root, attention_probes=0), tmp_path / "run", progress=False)
     result = summarise_run(tmp_path / "run")
     assert result == {"recorded": False,
                       "reason": "this run records no attention: attention_probes is 0"}
+    assert not (tmp_path / "run" / "figures").exists()

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import ibdml.train as train_module
+import ibdml.steps.train as train_module
+import ibdml.trainer as trainer_module
 from ibdml.config import load_params
-from ibdml.runs import RunFolderError
-from ibdml.train import TrainingDiverged, train
+from ibdml.steps.rundir import RunFolderError
+from ibdml.steps.train import train
+from ibdml.trainer import TrainingDiverged
 
 SMOKE = Path(__file__).parent.parent / "params" / "smoke.yaml"
 
@@ -53,7 +55,7 @@ def test_two_epochs_equal_one_plus_resume(glyph_root, tmp_path, interrupted_then
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(glyph_root, tmp_path, monkeypatch):
     p = smoke(glyph_root, epochs=2)
-    real_epoch, real_loss, epochs = train_module.train_epoch, train_module.intra_batch_loss, []
+    real_epoch, real_loss, epochs = train_module.train_epoch, trainer_module.intra_batch_loss, []
 
     def counting(*args, **kw):
         epochs.append(1)
@@ -64,7 +66,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(glyph_root, tmp_path, mon
         return (loss * float("nan"), parts) if len(epochs) >= 2 else (loss, parts)
 
     monkeypatch.setattr(train_module, "train_epoch", counting)
-    monkeypatch.setattr(train_module, "intra_batch_loss", poisoned)
+    monkeypatch.setattr(trainer_module, "intra_batch_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="epoch 2.*last good checkpoint \\(epoch 1\\)"):
         train(p, tmp_path / "run", progress=False)
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
@@ -81,7 +83,7 @@ def test_run_folder_refuses_other_parameters(glyph_root, tmp_path):
 def test_a_run_folder_from_before_a_parameter_existed_is_still_accepted(tmp_path):
     import yaml
 
-    from ibdml.runs import prepare_run_dir
+    from ibdml.steps.rundir import prepare_run_dir
 
     p = load_params(SMOKE)
     run = prepare_run_dir(tmp_path / "run", p)
@@ -94,7 +96,7 @@ def test_a_run_folder_from_before_a_parameter_existed_is_still_accepted(tmp_path
 
 
 def test_a_run_folder_may_move_its_data(tmp_path):
-    from ibdml.runs import prepare_run_dir, read_run_params
+    from ibdml.steps.rundir import prepare_run_dir, read_run_params
 
     run = prepare_run_dir(tmp_path / "run", load_params(SMOKE))
     prepare_run_dir(run, load_params(SMOKE, {"data_root": str(tmp_path / "moved"),
@@ -111,7 +113,7 @@ def test_select_on_val_writes_best_checkpoint(glyph_root, tmp_path):
 
 
 def test_run_files_are_readable_by_others(tmp_path):
-    from ibdml.runs import write_json
+    from ibdml.steps.rundir import write_json
 
     write_json(tmp_path / "x.json", {"a": 1})
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

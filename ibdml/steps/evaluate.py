@@ -1,0 +1,92 @@
+"""The evaluation step: score a run's selected checkpoint on the test split (docs/protocol.md).
+
+    <run>/metrics.json         test metrics, protocol, baselines, parameters, environment
+    <run>/baselines.json       raw-pixel k-NN and the untrained network (computed once)
+    <run>/embeddings/test.pt   the test embeddings, for MPN at inference and the examples
+    <run>/figures/retrieval_gallery.png
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+import torch
+
+from ibdml import device as devices
+from ibdml.config import Params
+from ibdml.data.folder import Split
+from ibdml.data.splits import load_splits
+from ibdml.evaluation import evaluate_test, protocol, raw_pixel_baseline, untrained_baseline
+from ibdml.figures.gallery import gallery_image
+from ibdml.retrieval import nearest_neighbours, nearest_neighbours_of_rows
+from ibdml.steps.rundir import (environment, load_model, load_torch, read_json, read_run_params,
+                                save_figures, save_torch, write_json)
+
+
+def evaluate_run(run_dir: Path, progress: bool = True) -> dict:
+    """Evaluate the run's selected checkpoint on the test split; write metrics.json (and cache the
+    test embeddings). Baselines are computed once and kept in baselines.json."""
+    start, run_dir = time.time(), Path(run_dir)
+    p = read_run_params(run_dir)
+    device = devices.resolve_device(p.device)
+    splits = load_splits(p, progress=progress)
+    model, epoch = load_model(run_dir, p, device)
+    metrics, features = evaluate_test(model, splits, p, device, nmi=p.nmi)
+    # One cache for every dataset: the test split(s) stacked in order, with their sizes (In-Shop:
+    # the queries first, then the gallery).
+    save_torch(run_dir / "embeddings" / "test.pt",
+               {"embeddings": torch.cat(list(features.values())),
+                "labels": torch.cat([torch.as_tensor(splits[n].labels) for n in features]),
+                "splits": {n: len(f) for n, f in features.items()}, "epoch": epoch})
+    result = {**metrics, "protocol": protocol(p), "split": "+".join(features), "epoch": epoch,
+              "select_on": p.select_on, "optimistic": p.select_on == "test"}
+    if p.baselines:
+        result["baselines"] = baselines(run_dir, p, splits, device)
+    result.update(params=p.to_dict(), environment=environment(device),
+                  seconds=round(time.time() - start, 2))
+    write_json(run_dir / "metrics.json", result)
+    return result
+
+
+def baselines(run_dir: Path, p: Params, splits: dict[str, Split], device: torch.device) -> dict:
+    """baselines.json, computed on the first evaluation and read back after."""
+    path = run_dir / "baselines.json"
+    if path.is_file():
+        return read_json(path)
+    result = {"raw_pixels": raw_pixel_baseline(splits, p),
+              "untrained": untrained_baseline(splits, p, device)}
+    write_json(path, result)
+    return result
+
+
+def retrieval_examples(run_dir: Path, queries: int = 8, k: int = 5, seed: int = 0
+                       ) -> tuple[list[Path], list[list[Path]], np.ndarray]:
+    """A few random test queries, the paths of their top-k neighbours from the cached test
+    embeddings, and whether each neighbour shares the query's class ([Q, k] bool). In-Shop:
+    queries from the query split, neighbours from the gallery."""
+    p = read_run_params(run_dir)
+    cache = load_torch(Path(run_dir) / "embeddings" / "test.pt")
+    splits = load_splits(p, progress=False)
+    emb, rng = cache["embeddings"], np.random.default_rng(seed)
+    if p.dataset == "inshop":
+        nq = cache["splits"]["query"]
+        query, gallery = splits["query"], splits["gallery"]
+        picked = rng.choice(nq, min(queries, nq), replace=False)
+        idx = nearest_neighbours(emb[picked], emb[nq:], k=k)[1].numpy()  # [Q, k] gallery rows
+    else:
+        query = gallery = splits["test"]
+        picked = rng.choice(len(query), min(queries, len(query)), replace=False)
+        idx = nearest_neighbours_of_rows(emb, picked, k)[1].numpy()  # [Q, k], own row excluded
+    return ([query.paths[i] for i in picked], [[gallery.paths[j] for j in row] for row in idx],
+            gallery.labels[idx] == query.labels[picked][:, None])
+
+
+def retrieval_gallery(run_dir: Path, queries: int = 8, k: int = 5, seed: int = 0) -> Image.Image:
+    """`retrieval_examples` drawn as one image (figures.gallery), saved as
+    <run>/figures/retrieval_gallery.png and returned."""
+    image = gallery_image(*retrieval_examples(run_dir, queries, k, seed))
+    save_figures(run_dir, {"retrieval_gallery": image})
+    return image

@@ -1,0 +1,111 @@
+"""The MPN-at-inference step (paper claim 2; docs/method.md §8): refine every cached test
+embedding with the trained MPN on its reciprocal k-NN neighbourhood, then evaluate the refined
+features exactly as the backbone's.
+
+    <run>/mpn_inference.json          {without_mpn, with_mpn} with metrics.json's keys
+    <run>/embeddings/test_refined.pt  the refined embeddings and the neighbourhoods
+    <run>/figures/mpn_neighbourhoods.png
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ibdml import device as devices
+from ibdml.config import Params
+from ibdml.data.splits import load_splits
+from ibdml.evaluation import query_gallery_r1_transitions, r1_transitions
+from ibdml.figures.gallery import gallery_image
+from ibdml.inference import refine, refine_query_gallery
+from ibdml.metrics import evaluate, evaluate_query_gallery
+from ibdml.model import IntraBatchModel
+from ibdml.neighbourhoods import reciprocal_neighbourhoods
+from ibdml.steps.rundir import (load_model, load_torch, read_json, read_run_params,
+                                save_figures, save_torch, write_json)
+
+
+def evaluate_mpn_inference(run_dir: Path) -> dict:
+    """Refine, evaluate and write mpn_inference.json (and the refined-embedding cache); returns
+    the result. A run without an MPN records with_mpn = null."""
+    run_dir, p = Path(run_dir), read_run_params(run_dir)
+    cache = load_torch(run_dir / "embeddings" / "test.pt")
+    keys = ("recall_at_k", "map_at_r", "nmi")
+    without = {k: read_json(run_dir / "metrics.json")[k] for k in keys}
+    result = {"without_mpn": without, "with_mpn": None, "split": "+".join(cache["splits"]),
+              "epoch": cache["epoch"], "k": p.mpn_inference_k, "batch": p.mpn_inference_batch,
+              "alpha": p.mpn_inference_alpha,
+              "feature_space": "queries and references both in MPN-output space (refined)"}
+    if p.mpn_layers > 0:
+        model = load_model(run_dir, p, devices.resolve_device(p.device))[0]
+        refine_run = _refine_query_gallery if p.dataset == "inshop" else _refine_test
+        result.update(refine_run(model, cache, p, run_dir))
+    write_json(run_dir / "mpn_inference.json", result)
+    return result
+
+
+def _refine_test(model: IntraBatchModel, cache: dict, p: Params, run_dir: Path) -> dict:
+    """One test set searched against itself: every image refined on its neighbourhood."""
+    start = time.time()
+    hoods = reciprocal_neighbourhoods(cache["embeddings"], k=p.mpn_inference_k,
+                                      batch=p.mpn_inference_batch, alpha=p.mpn_inference_alpha)
+    built = time.time()
+    refined = refine(model.mpn, cache["embeddings"], hoods)
+    save_torch(run_dir / "embeddings" / "test_refined.pt",
+               {"embeddings": refined, "neighbourhoods": hoods, "epoch": cache["epoch"]})
+    return {"seconds": {"neighbourhoods": round(built - start, 2),
+                        "refinement": round(time.time() - built, 2)},
+            "with_mpn": evaluate(refined, cache["labels"], p.recall_ks, nmi=p.nmi, seed=p.seed),
+            "r1_transitions": r1_transitions(cache["embeddings"], refined, cache["labels"])}
+
+
+def _refine_query_gallery(model: IntraBatchModel, cache: dict, p: Params, run_dir: Path) -> dict:
+    """In-Shop (docs/method.md §8.2): each query refined on its 4-node graph of reciprocal
+    gallery neighbours, compared with the backbone gallery (authors) or a gallery refined on its
+    own neighbourhoods (`mpn_inference_gallery_space`)."""
+    nq = cache["splits"]["query"]
+    emb, labels = cache["embeddings"], cache["labels"]
+    q, g, ql, gl = emb[:nq], emb[nq:], labels[:nq], labels[nq:]
+    start = time.time()
+    rq, rg = refine_query_gallery(model.mpn, q, g, k=p.mpn_inference_k,
+                                  batch=p.mpn_inference_batch, alpha=p.mpn_inference_alpha,
+                                  gallery_space=p.mpn_inference_gallery_space)
+    refined_gallery = p.mpn_inference_gallery_space == "refined"
+    return {
+        "seconds": {"refinement": round(time.time() - start, 2)},
+        # NMI clusters queries and gallery together: only meaningful in one feature space
+        "with_mpn": evaluate_query_gallery(rq, ql, rg, gl, p.recall_ks,
+                                           nmi=p.nmi and refined_gallery, seed=p.seed),
+        "r1_transitions": query_gallery_r1_transitions((q, rq), (g, rg), ql, gl),
+        "feature_space": ("queries and gallery both refined" if refined_gallery else
+                          "refined queries against backbone gallery features (authors)")}
+
+
+def neighbourhood_examples(run_dir: Path, queries: int = 6, seed: int = 0
+                           ) -> tuple[list[Path], list[list[Path]], np.ndarray, list[list[str]]]:
+    """A few test queries with the other members of their MPN-at-inference neighbourhood: paths,
+    same-class flags [Q, batch−1], and captions "cosine before → after refinement"."""
+    p = read_run_params(run_dir)
+    split = load_splits(p, progress=False)["test"]
+    base = load_torch(Path(run_dir) / "embeddings" / "test.pt")["embeddings"]
+    refined = load_torch(Path(run_dir) / "embeddings" / "test_refined.pt")
+    picked = np.random.default_rng(seed).choice(len(split), min(queries, len(split)), replace=False)
+    members = refined["neighbourhoods"][picked][:, 1:]  # [Q, batch-1], row 0 is the query itself
+    # [Q, 1, D] · [Q, batch-1, D] → [Q, batch-1]
+    sims = [(x[picked][:, None, :] * x[members]).sum(-1)
+            for x in (base, refined["embeddings"])]
+    captions = [[f"{b:.2f}→{a:.2f}" for b, a in zip(rb, ra)] for rb, ra in zip(*sims)]
+    members = members.numpy()
+    return ([split.paths[i] for i in picked], [[split.paths[j] for j in row] for row in members],
+            split.labels[members] == split.labels[picked][:, None], captions)
+
+
+def neighbourhood_gallery(run_dir: Path, queries: int = 6, seed: int = 0) -> Image.Image:
+    """`neighbourhood_examples` drawn as one image with their captions (figures.gallery), saved as
+    <run>/figures/mpn_neighbourhoods.png and returned."""
+    image = gallery_image(*neighbourhood_examples(run_dir, queries, seed))
+    save_figures(run_dir, {"mpn_neighbourhoods": image})
+    return image

@@ -1,0 +1,137 @@
+"""The training loop, as a function (paper §3.3; docs/method.md §5–6).
+
+RAdam with decoupled weight decay, a MultiStep learning-rate schedule, label-smoothed
+cross-entropy on the backbone and MPN heads. `Trainer` bundles everything one run mutates, so the
+run step (steps/train.py) can checkpoint it in one piece and resume exactly: training 2 epochs
+equals training 1 and resuming for 1. Nothing here touches a file.
+
+On a GPU the network runs as device.py decides: bf16 autocast (unless amp: false), channels_last,
+pinned asynchronous copies; and the losses are read back in blocks of steps, not every step (see
+`train_epoch`). On the CPU all of this is off and the numbers are those of plain fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from ibdml import device as devices
+from ibdml.config import Params
+from ibdml.data.folder import Split
+from ibdml.data.sampler import ClassBalancedBatchSampler
+from ibdml.losses import intra_batch_loss
+from ibdml.model import IntraBatchModel, build_model
+from ibdml.seeding import rng_state, seed_everything, set_rng_state
+
+
+# Steps between reads of the losses on a GPU (see `train_epoch`): each read makes the host wait
+# until the GPU has drained its queue, so it happens once per 25 steps instead of every step.
+_GPU_READ_EVERY = 25
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Trainer:
+    """Everything one training run mutates, bundled so it can be checkpointed in one piece."""
+
+    model: IntraBatchModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: ClassBalancedBatchSampler
+    epoch: int = 0  # completed epochs
+    best: float = -math.inf  # best selection R@1 so far
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                "epoch": self.epoch, "best": self.best, "rng": rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.epoch, self.best = state["epoch"], state["best"]
+        set_rng_state(state["rng"])
+
+
+def build_trainer(p: Params, train: Split, device: torch.device) -> Trainer:
+    seed_everything(p.seed)
+    model = devices.prepare_model(build_model(p, train.num_classes), device)  # CUDA: channels_last
+    params = [w for w in model.parameters() if w.requires_grad]  # the BN-neck bias stays frozen
+    optimizer = torch.optim.RAdam(params, lr=p.lr, weight_decay=p.weight_decay,
+                                  decoupled_weight_decay=True)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, p.lr_milestones, p.lr_gamma)
+    sampler = ClassBalancedBatchSampler(train.labels, p.n_c, p.n_s, seed=p.seed,
+                                        batch_shape=p.batch_shape)
+    return Trainer(model, optimizer, scheduler, sampler)
+
+
+def train_epoch(t: Trainer, loader: Iterable, p: Params, device: torch.device,
+                progress: bool) -> dict:
+    """One pass of the loader (batches of images, labels, indices); returns the epoch's mean
+    losses.
+
+    The forward runs under `device.autocast` (bf16 on CUDA when p.amp; nothing on the CPU), the
+    losses outside it in fp32 (losses.py). Each step's losses stay on the device and are read
+    back every step on the CPU, where reading is free, but only every _GPU_READ_EVERY steps on a
+    GPU: a read makes the host wait until the GPU has run everything queued, so the next steps
+    could not be queued ahead. A non-finite loss is therefore caught before its optimiser step on
+    the CPU, and up to _GPU_READ_EVERY − 1 steps later on a GPU; either way TrainingDiverged names
+    the step where it appeared, and the in-memory weights are abandoned: the last good
+    checkpoint is kept.
+    """
+    t.model.train()
+    t.sampler.set_epoch(t.epoch)
+    bf16 = devices.bf16_override(p.amp)  # amp: bf16 on CUDA only; amp: false: fp32
+    read_every = 1 if device.type == "cpu" else _GPU_READ_EVERY
+    sums, steps, pending = {}, 0, []
+    bar = tqdm(loader, desc=f"epoch {t.epoch + 1}/{p.epochs}", disable=not progress, leave=False)
+    for images, labels, _ in bar:
+        images = devices.to_device(images, device)  # [N, 3, S, S], channels_last on CUDA
+        labels = labels.to(device, non_blocking=True)
+        with devices.autocast(device, bf16):
+            out = t.model(images, run_mpn=p.loss_heads == "both")
+        loss, parts = intra_batch_loss(out, labels, smoothing=p.label_smoothing,
+                                       temperature=p.temperature)
+        pending.append({"total": loss.detach(), **parts})
+        if len(pending) == read_every:
+            steps = _read_losses(pending, sums, steps, t, p)
+            bar.set_postfix(loss=f"{sums['total'] / steps:.3f}")
+        t.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t.optimizer.step()
+    if pending:
+        steps = _read_losses(pending, sums, steps, t, p)
+    return {k: v / steps for k, v in sums.items()}
+
+
+def _read_losses(pending: list[dict[str, torch.Tensor]], sums: dict[str, float], steps: int,
+                 t: Trainer, p: Params) -> int:
+    """Read the pending steps' losses back in one copy, add them to `sums` (Python floats, in
+    step order: the same sums as reading every step) and empty `pending`. Returns the number of
+    steps read so far; raises TrainingDiverged at the first non-finite total."""
+    names = list(pending[0])  # "total", then the parts
+    values = torch.stack([torch.stack([step[n] for n in names]) for step in pending])
+    values = values.double().cpu()  # [steps, parts]; fp32 → fp64 is exact
+    finite = torch.isfinite(values[:, 0])
+    if not finite.all():
+        bad = int((~finite).nonzero()[0])
+        raise TrainingDiverged(
+            f"the loss became {float(values[bad, 0])} at epoch {t.epoch + 1}, step "
+            f"{steps + bad + 1}; the last good checkpoint (epoch {t.epoch}) is kept. Lower lr "
+            f"(now {p.lr}) or raise temperature (now {p.temperature}), then train again in a new "
+            "run folder")
+    for row in values.tolist():
+        steps += 1
+        for name, value in zip(names, row):
+            sums[name] = sums.get(name, 0.0) + value
+    pending.clear()
+    return steps
