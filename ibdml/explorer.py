@@ -1,13 +1,14 @@
 """The attention explorer: ipywidgets controls around two plotly FigureWidgets, for JupyterLab.
 
-Layer, head, probe batch and epoch pick the batch's attention matrix (`viz.attention_heatmap`);
-the node control, or a click on a row of the heatmap, picks the node whose attention over epochs
-the bar chart shows (`viz.node_attention_bars`, the seed's Figure 2), and that row is outlined in
-red. The figures are the pure functions of `ibdml.viz`: this module only wires controls to them.
+Layer, head, probe batch and epoch pick the batch's attention matrix (`attention_heatmap`); the
+node control, or a click on a row of the heatmap, picks the node whose attention over epochs the
+bar chart shows (`node_attention_bars`, the seed's Figure 2), and that row is outlined in red.
+The figures are the pure functions of `ibdml.figures.attention`: this module only wires controls
+to them.
 
 Widgets need a live front end: clicks and control changes reach the kernel only from a displayed
 widget. Under papermill nothing would ever answer, so notebooks ask `live_frontend()` first and
-build nothing interactive there (DESIGN.md, "Parameters and papermill").
+build nothing interactive there.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import plotly.graph_objects as go
 
 from ibdml.attention import class_order, spread_epochs
 from ibdml.probes import AttentionRun
-from ibdml.viz import attention_heatmap, node_attention_bars
+from ibdml.figures.attention import attention_heatmap, node_attention_bars
 
 HIGHLIGHT = "red"
 

@@ -1,6 +1,7 @@
 """The run report: <run>/report.html, one self-contained page (plotly.js embedded once, images
 inlined) that a person can open without Jupyter. It is built from the run folder's files only,
-and shows a section for each step whose files exist."""
+and shows a section for each step whose files exist. A front end: it reads the run folder and
+writes report.html through the steps' atomic writer; the figures come from ibdml.figures."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import re
 from pathlib import Path
 
 import plotly.graph_objects as go
-from plotly.offline import get_plotlyjs
 
-from ibdml.runs import read_json, write_text
-from ibdml.viz import (kl_curves, recall_table, same_class_curves, training_curves,
-                       verdict_table)
+from ibdml.figures import plotly_js, to_html
+from ibdml.figures.attention import kl_curves, same_class_curves, verdict_table
+from ibdml.figures.tables import evaluation_rows, mpn_inference_rows
+from ibdml.figures.training import recall_table, training_curves
+from ibdml.steps.rundir import read_json, write_text
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;
@@ -23,7 +25,7 @@ text-align:right}td:first-child,th:first-child{text-align:left}code{background:#
 
 
 def _markdown_table(md: str) -> str:
-    """The small markdown tables of viz (recall_table, verdict_table) as HTML."""
+    """The small markdown tables of ibdml.figures (recall_table, verdict_table) as HTML."""
     rows = [line.strip("|").split("|") for line in md.splitlines() if not line.startswith("|---")]
     def cell(text: str) -> str:  # **bold** is the only markdown the tables use
         return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text.strip()))
@@ -34,7 +36,7 @@ def _markdown_table(md: str) -> str:
 
 
 def _figure(fig: go.Figure) -> str:
-    return fig.to_html(include_plotlyjs=False, full_html=False)
+    return to_html(fig, full_html=False)  # the page loads plotly.js once, in its <head>
 
 
 def _image(path: Path) -> str:
@@ -54,10 +56,8 @@ def _image_if_present(path: Path, caption: str) -> str:
 
 def _metrics_section(run: Path) -> str:
     m = read_json(run / "metrics.json")
-    rows = {"trained backbone": m, **{f"baseline: {k.replace('_', ' ')}": v
-                                      for k, v in m.get("baselines", {}).items()}}
     return (f"<h2>Test retrieval</h2><p>Protocol: <b>{html.escape(m['protocol'])}</b>, epoch "
-            f"{m['epoch']}, split {m['split']}, in percent.</p>" + _recall_html(rows)
+            f"{m['epoch']}, split {m['split']}, in percent.</p>" + _recall_html(evaluation_rows(m))
             + _image_if_present(run / "figures" / "retrieval_gallery.png",
                                 "Retrieval examples. Grey: query; green: same class; red: other "
                                 "class."))
@@ -67,10 +67,9 @@ def _mpn_inference_section(run: Path) -> str:
     m = read_json(run / "mpn_inference.json")
     if m["with_mpn"] is None:
         return "<h2>MPN at inference</h2><p>This run has no MPN (mpn_layers: 0).</p>"
-    rows = {"backbone (MPN dropped)": m["without_mpn"], "MPN at inference": m["with_mpn"]}
     return (f"<h2>MPN at inference</h2><p>Reciprocal k-NN graphs (k = {m['k']}, {m['batch']} "
             f"nodes, α = {m['alpha']:.3f}); {html.escape(m['feature_space'])}.</p>"
-            + _recall_html(rows)
+            + _recall_html(mpn_inference_rows(m))
             + _image_if_present(run / "figures" / "mpn_neighbourhoods.png",
                                 "Neighbourhoods: cosine to the query, backbone → refined."))
 
@@ -124,7 +123,7 @@ def build_report(run_dir: str | Path) -> Path:
     parts += [_files_section(run),
               f"<h2>Parameters</h2><pre>{html.escape(params)}</pre>"]
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>ibdml {html.escape(run.name)}"
-            f"</title><style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
+            f"</title><style>{STYLE}</style><script>{plotly_js()}</script></head><body>"
             + "\n".join(parts) + "</body></html>")
     path = run / "report.html"
     write_text(path, page)

@@ -10,8 +10,8 @@ import pytest
 
 from ibdml.config import load_params
 from ibdml.explorer import AttentionExplorer, live_frontend
-from ibdml.probes import load_attention
-from ibdml.train import train
+from ibdml.steps.attention import load_attention
+from ibdml.steps.train import train
 
 SMOKE = Path(__file__).parent.parent / "params" / "smoke.yaml"
 
