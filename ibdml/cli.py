@@ -15,17 +15,23 @@ import json
 import sys
 from pathlib import Path
 
-from ibdml.backbone import WeightsError
-from ibdml.config import ParamError, load_params, params_markdown, parse_override
-from ibdml.data.benchmarks import BENCHMARKS, check_benchmark
-from ibdml.data.folder import DatasetError
-from ibdml.pipeline import PipelineError
-from ibdml.runs import RunFolderError
-from ibdml.train import TrainingDiverged
+from ibdml.config import DATASETS, ParamError, load_params, params_markdown, parse_override
 
-# Errors whose message already says what to do: print it, no traceback.
-USER_ERRORS = (ParamError, RunFolderError, DatasetError, WeightsError, TrainingDiverged,
-               FileNotFoundError, PipelineError)
+# The benchmark layouts check-data knows (data/benchmarks.py): every dataset but the embedded one.
+BENCHMARKS = tuple(d for d in DATASETS if d != "glyphs")
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message already says what to do: printed, no traceback. Imported only when
+    an error is met, so that `ibdml --help` and `ibdml params` never import torch."""
+    from ibdml.backbone import WeightsError
+    from ibdml.data.folder import DatasetError
+    from ibdml.pipeline import PipelineError
+    from ibdml.steps.rundir import RunFolderError
+    from ibdml.trainer import TrainingDiverged
+
+    return (ParamError, RunFolderError, DatasetError, WeightsError, TrainingDiverged,
+            FileNotFoundError, PipelineError)
 
 
 def default_run_dir(params_file: str) -> Path:
@@ -51,7 +57,7 @@ def cmd_claims(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ibdml.train import train
+    from ibdml.steps.train import train
 
     p = load_params(args.params, args.override)
     out = Path(args.out) if args.out else default_run_dir(args.params)
@@ -60,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from ibdml.evaluation import evaluate_run
+    from ibdml.steps.evaluate import evaluate_run
 
     result = evaluate_run(Path(args.run_dir))
     shown = {k: result[k] for k in ("recall_at_k", "map_at_r", "nmi", "protocol", "epoch")}
@@ -71,6 +77,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
+    from ibdml.data.benchmarks import check_benchmark
+
     report = check_benchmark(args.dataset, Path(args.root), verify_images=not args.no_verify)
     print(report.text())
     return 0 if report.ok else 1
@@ -126,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code = args.func(args)  # commands return None (success) or an exit code
-    except USER_ERRORS as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         print(f"ibdml: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,11 +25,10 @@ from typing import Any, Callable
 
 from ibdml.config import ParamError, load_params
 from ibdml.report import build_report
-from ibdml.runs import prepare_run_dir, read_json, write_json
+from ibdml.steps.rundir import prepare_run_dir, read_json, write_json
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "ibdml"
-CONTRACT = ("params_file", "run_dir", "overrides")
 
 
 class PipelineError(RuntimeError):
@@ -82,7 +81,8 @@ def _claim(params_file: str | Path, run_dir: Path, overrides: dict[str, Any] | N
 
 def run_pipeline(params_file: str | Path, run_dir: str | Path,
                  overrides: dict[str, Any] | None = None, *, only: list[str] | None = None,
-                 force: bool = False, notebook_dir: Path = NOTEBOOKS, log: Callable[[str], None] = print) -> dict:
+                 force: bool = False, notebook_dir: Path = NOTEBOOKS,
+                 log: Callable[[str], None] = print) -> dict:
     """Execute the pipeline's notebooks into run_dir, then write <run>/report.html; returns the
     pipeline state ({step: {status, seconds, finished}})."""
     run_dir = Path(run_dir).resolve()

@@ -13,8 +13,8 @@ import pytest
 import browser
 from ibdml.config import load_params
 from ibdml.pipeline import KERNEL, NOTEBOOKS
-from ibdml.probes import load_attention
-from ibdml.train import train
+from ibdml.steps.attention import load_attention
+from ibdml.steps.train import train
 
 pytestmark = pytest.mark.browser
 SMOKE = Path(__file__).parent.parent / "params" / "smoke.yaml"

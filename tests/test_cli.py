@@ -1,7 +1,12 @@
 """The ibdml command: errors are one clear line and exit code 2; train + evaluate work."""
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from ibdml.cli import main
 
@@ -33,3 +38,14 @@ def test_evaluate_missing_run(tmp_path, capsys):
 def test_params_table(capsys):
     assert main(["params"]) == 0
     assert "`mpn_layers`" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["params"], ["run", "--help"]])
+def test_help_and_params_answer_without_importing_torch(argv):
+    code = ("import sys\nfrom ibdml.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n"
+            "    pass\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+            "assert 'plotly' not in sys.modules, 'plotly was imported'\n" % argv)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert time.perf_counter() - start < 1.5

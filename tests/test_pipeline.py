@@ -10,9 +10,12 @@ import nbformat
 import papermill
 import pytest
 
-from ibdml.pipeline import CONTRACT, NOTEBOOKS, PipelineError, run_pipeline, steps
+from ibdml.pipeline import NOTEBOOKS, PipelineError, run_pipeline, steps
 from ibdml.report import build_report
-from ibdml.runs import RunFolderError
+from ibdml.steps.rundir import RunFolderError
+
+# The parameters every notebook receives from the pipeline (docs/architecture.md).
+CONTRACT = ("params_file", "run_dir", "overrides")
 
 SMOKE = Path(__file__).parent.parent / "params" / "smoke.yaml"
 
