@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from ibdml.config import load_params
-from ibdml.evaluation import evaluate_run
-from ibdml.train import train
+from ibdml.steps.evaluate import evaluate_run
+from ibdml.steps.train import train
 
 VARIANTS = {"ce_only": {"mpn_layers": 0, "loss_heads": "backbone"}, "mpn": {}}
 ROWS = [("raw-pixel k-NN", "raw_pixels"), ("untrained backbone", "untrained"),

@@ -5,16 +5,16 @@
     .venv/bin/python bench/train_overhead.py --tiny           # seconds: the script works
     .venv/bin/python bench/train_overhead.py --device cuda --backbone resnet50 --image-size 227
 
-Batch shapes (METHOD_SPEC §9; n_c classes × n_s images, MPN heads, training classes):
+Batch shapes (docs/method.md §9; n_c classes × n_s images, MPN heads, training classes):
   CUB 6 × 9, 2 heads, 100      Cars 10 × 7, 8 heads, 98
   SOP 15 × 6, 8 heads, 11,318  In-Shop 14 × 4, 4 heads, 3,997
 One MPN layer everywhere (the paper's Cars recipe has two, concatenated; this measures the one
 layer the issue asks about). The number of training classes sets the size of both classifiers
 (backbone and MPN), so SOP's MPN step also pays for a second 11,318-way classifier.
 
-Each step is the library's: `ibdml.train.build_trainer` (model, RAdam, schedule, as
+Each step is the library's: `ibdml.trainer.build_trainer` (model, RAdam, schedule, as
 `bench/train_speed.py` builds it, on that script's CUB recipe with the shape's overrides) and
-`ibdml.train.train_epoch` over a one-batch loader (forward, label-smoothed CE on the heads the
+`ibdml.trainer.train_epoch` over a one-batch loader (forward, label-smoothed CE on the heads the
 variant trains, backward, optimiser step; the losses read back). Data: a pool of 4 random,
 already-normalised image batches [n_c·n_s, 3, S, S], the same for both variants at each step;
 no loader, no augmentation.
@@ -47,10 +47,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ibdml import accel
+from ibdml import device as devices
 from ibdml.config import Params, make_params
 from ibdml.data.folder import Split
-from ibdml.train import Trainer, build_trainer, train_epoch
+from ibdml.trainer import Trainer, build_trainer, train_epoch
 
 TARGET_OVERHEAD = 0.05
 POOL = 4  # distinct random batches, cycled
@@ -203,9 +203,9 @@ def run(args: argparse.Namespace) -> dict:
     result = {"device": train_speed.device_name(device), "device_type": device.type,
               "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
               "backbone": args.backbone, "image_size": args.image_size, "steps": args.steps,
-              "warmup": args.warmup, "bf16": accel.bf16_enabled(device),
+              "warmup": args.warmup, "bf16": devices.bf16_enabled(device),
               "target": TARGET_OVERHEAD, "rows": []}
-    with accel.cudnn_autotune(device):
+    with devices.cudnn_autotune(device):
         for name in args.shapes:
             row = measure_shape(name, SHAPES[name], args, device)
             result["rows"].append(row)

@@ -5,8 +5,8 @@
     .venv/bin/python bench/train_speed.py --device cpu --steps 3 --warmup 1 --eval-batches 2 \\
         --eval-batch-size 64 --image-size 64 --backbone resnet18      # a smoke run on a CPU
 
-The training step is the library's, not a copy: `ibdml.train.build_trainer` (the model placed by
-`accel.prepare_model`, RAdam, the MultiStep schedule) and `ibdml.train.train_epoch` (autocast,
+The training step is the library's, not a copy: `ibdml.trainer.build_trainer` (the model placed by
+`device.prepare_model`, RAdam, the MultiStep schedule) and `ibdml.trainer.train_epoch` (autocast,
 label-smoothed CE on both heads, the losses read back in blocks) are fed a stand-in loader of
 --warmup + --steps batches. Timing starts when batch --warmup is asked for, once the device has
 finished the warm-up steps (cuDNN's algorithm search and the allocator's growth fall there), and
@@ -18,7 +18,7 @@ Data (--data):
              host → device copy and the optimiser: what training reaches if the loader keeps up.
   transform  random 500 × 375 uint8 RGB images (CUB's typical size) through the real train
              transform (random resized crop, flip, normalise, random erasing), batched by the
-             real sampler and DataLoader settings (`accel.data_loader`): adds the CPU
+             real sampler and DataLoader settings (`data.loader.data_loader`): adds the CPU
              augmentation pipeline, but not JPEG decoding (a few ms per CUB image per core).
 
 Evaluation: the backbone alone under the same autocast, as `evaluation.embed` runs it, over
@@ -44,15 +44,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ibdml import accel
+from ibdml import device as devices
+from ibdml.data import loader
 from ibdml.config import Params, make_params
 from ibdml.data.folder import Split
 from ibdml.data.sampler import ClassBalancedBatchSampler
 from ibdml.data.transforms import eval_transform, train_transform
-from ibdml.runs import resolve_device
-from ibdml.train import build_trainer, train_epoch
+from ibdml.device import resolve_device
+from ibdml.trainer import build_trainer, train_epoch
 
-# The CUB recipe (METHOD_SPEC §0, §9 CUB column). Pretrained weights would not change the speed.
+# The CUB recipe (docs/method.md §0, §9 CUB column). Pretrained weights would not change the speed.
 CUB_RECIPE = {"backbone": "resnet50", "pretrained": "none", "image_size": 227,
               "test_resize_ratio": 256 / 227, "embedding_dim": 512, "mpn_layers": 1,
               "mpn_heads": 2, "n_c": 6, "n_s": 9, "lr": 1.563663718906821e-4,
@@ -159,8 +160,8 @@ def measure_training(p: Params, device: torch.device, data: str, steps: int, war
         batches = itertools.cycle(tensor_batches(p, p.batch_size, device, seed))
     else:
         dataset = RandomImages(labels, train_transform(p), seed=seed)
-        batches = accel.data_loader(dataset, p, device,
-                                    batch_sampler=training_batches(p, labels, total, seed))
+        batches = loader.data_loader(dataset, p.num_workers, device,
+                                     batch_sampler=training_batches(p, labels, total, seed))
     timed = Timed(batches, total, warmup, device)
     losses = train_epoch(t, timed, p, device, progress=False)
     synchronize(device)
@@ -175,21 +176,21 @@ def measure_embedding(model: torch.nn.Module, p: Params, device: torch.device, d
                       batches: int, seed: int) -> dict:
     """The backbone's embedding throughput, as `evaluation.embed` runs it."""
     model.eval()
-    bf16 = accel.bf16_override(p)
+    bf16 = devices.bf16_override(p.amp)
     total = EVAL_WARMUP + batches
     if data == "tensors":
         source = itertools.cycle(tensor_batches(p, p.eval_batch_size, device, seed + 1))
     else:
         labels = np.zeros(total * p.eval_batch_size, dtype=np.int64)
         dataset = RandomImages(labels, eval_transform(p), seed=seed + 1)
-        source = accel.data_loader(dataset, p, device, batch_size=p.eval_batch_size)
+        source = loader.data_loader(dataset, p.num_workers, device, batch_size=p.eval_batch_size)
     features, start = [], None
     for i, (images, _, _) in enumerate(itertools.islice(source, total)):
         if i == EVAL_WARMUP:
             synchronize(device)
             features, start = [], time.perf_counter()
-        with accel.autocast(device, bf16):
-            features.append(model.backbone(accel.to_device(images, device))[0].float())
+        with devices.autocast(device, bf16):
+            features.append(model.backbone(devices.to_device(images, device))[0].float())
     torch.cat(features).cpu()  # [batches · B, D]: one copy to the host, as evaluation needs
     seconds = time.perf_counter() - start
     return {"eval_images": batches * p.eval_batch_size, "eval_seconds": round(seconds, 3),
@@ -218,17 +219,17 @@ def run(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     result = {"device": device_name(device), "device_type": device.type,
               "torch": torch.__version__, "cuda": torch.version.cuda,
-              "cpu_cores": accel.cpu_cores(), "torch_threads": torch.get_num_threads(),
-              "bf16": accel.bf16_enabled(device, accel.bf16_override(p)),
-              "channels_last": accel.channels_last_enabled(device),
+              "cpu_cores": loader.cpu_cores(), "torch_threads": torch.get_num_threads(),
+              "bf16": devices.bf16_enabled(device, devices.bf16_override(p.amp)),
+              "channels_last": devices.channels_last_enabled(device),
               "cudnn_benchmark": device.type == "cuda", "backbone": p.backbone,
               "image_size": p.image_size, "batch_shape": f"{p.n_c}x{p.n_s}",
               "batch_size": p.batch_size, "data": args.data,
-              "loader_workers": accel.worker_count(p, device)
+              "loader_workers": loader.worker_count(p.num_workers, device)
               if args.data == "transform" else None,
               "warmup_steps": args.warmup, "steps": args.steps,
               "eval_batch_size": p.eval_batch_size}
-    with accel.cudnn_autotune(device):
+    with devices.cudnn_autotune(device):
         train = measure_training(p, device, args.data, args.steps, args.warmup, args.seed)
         model = train.pop("model")
         result.update(train)
@@ -250,7 +251,7 @@ def main() -> None:
     parser.add_argument("--no-autocast", action="store_true", help="fp32 on the GPU too")
     parser.add_argument("--data", default="tensors", choices=("tensors", "transform"))
     parser.add_argument("--workers", type=int, default=-1,
-                        help="DataLoader workers with --data transform; -1 = sized by accel")
+                        help="DataLoader workers with --data transform; -1 = sized from the machine")
     parser.add_argument("--eval-batches", type=int, default=20)
     parser.add_argument("--eval-batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,6 @@
 """Attention records over training: how far each node's attention is from plain averaging, how much
 of it reaches the node's own class, and how much goes to the authors' null key (paper claim 3;
-METHOD_SPEC §13, "Recommended definitions").
+docs/method.md §13.3).
 
 A record is what the trainer stores for fixed probe batches, in eval mode under no_grad:
     attention_by_epoch[e]  [L, P, H, N, N]  epoch e (0 = before training), L MPN layers, P probe
@@ -10,7 +10,7 @@ A record is what the trainer stores for fixed probe batches, in eval mode under 
 `attention_by_epoch` is a list (index = epoch), a dict {epoch: array} (when only some epochs were
 recorded) or one stacked [E, L, P, H, N, N] array; numpy or torch, float16 or float32.
 
-The authors' rows are α_ij = exp(s_ij) / (1 + Σ_k exp(s_ik)) (METHOD_SPEC §4.3): the missing
+The authors' rows are α_ij = exp(s_ij) / (1 + Σ_k exp(s_ik)) (docs/method.md §4.3): the missing
 1 − Σ_j α_ij goes to an implicit key with a zero value, the "null mass". Every per-row distance
 from uniform therefore names its `null_key_treatment` (§13 asks to state the choice):
     "renormalise" (default)  divide the row by its sum and compare with uniform over the N nodes:

@@ -1,5 +1,5 @@
 """The backbone: a torchvision ResNet trunk, global pooling, a linear embedding and the auxiliary
-classifier (METHOD_SPEC §4.1, Part 1).
+classifier (docs/method.md §4.1, Part 1).
 
 image ─► ResNet layers 1–4 ─► global max pool ─► Linear → 512 = e (un-normalised)
                                                   ├─► Linear → C = backbone logits (aux loss)
@@ -72,6 +72,6 @@ class Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images [N, 3, H, W] → (L2-normalised embedding [N, D], aux logits [N, C]).
-        The aux classifier sees the un-normalised embedding (METHOD_SPEC §4.1)."""
+        The aux classifier sees the un-normalised embedding (docs/method.md §4.1)."""
         e = self.embed(self.pool(self.trunk(images)).flatten(1))  # [N, C_trunk, 1, 1] → [N, D]
         return F.normalize(e, dim=1), self.classifier(e)

@@ -3,7 +3,7 @@
 Every parameter lives in `Params`: its default, its allowed values and its help text. A run is
 described by a YAML file (`params/*.yaml`) plus `key=value` overrides; `load_params` turns both
 into a validated `Params`, and every bad value is a `ParamError` that names the parameter, the
-value and what is allowed. METHOD_SPEC Part 1 explains where the defaults come from.
+value and what is allowed. docs/method.md Part 1 explains where the defaults come from.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 # glyphs is rendered by ibdml; the paper's four benchmarks are read from the folders their
 # owners distribute (data/benchmarks.py), which users bring themselves.
 DATASETS = ("glyphs", "cub200", "cars196", "sop", "inshop")
-# Recall@K sets of the paper's tables (METHOD_SPEC §7.2, §7.3); Glyphs uses the CUB/Cars set.
+# Recall@K sets of the paper's tables (docs/method.md §7.2, §7.3); Glyphs uses the CUB/Cars set.
 RECALL_KS = {
     "glyphs": (1, 2, 4, 8),
     "cub200": (1, 2, 4, 8),
@@ -115,7 +115,7 @@ class Params:
     num_workers: int = _p(-1, "DataLoader workers; -1 = sized from the machine.", lo=-1, hi=64)
     amp: bool = _p(True, "On a GPU: bf16 autocast, with the attention softmax and the losses in "
                    "fp32 (no effect on the CPU, which always runs fp32).")
-    # --- attention over training (paper claim 3; METHOD_SPEC §13) ---------------------------
+    # --- attention over training (paper claim 3; docs/method.md §13) ---------------------------
     attention_probes: int = _p(4, "Probe batches (n_c × n_s, training classes) whose MPN "
                                "attention is recorded before training and after every epoch; "
                                "0 = none.", lo=0, hi=64)
@@ -126,7 +126,7 @@ class Params:
                         choices=("last", "val", "test"))
     nmi: bool = _p(True, "Compute NMI (seeded k-means, k = number of classes).")
     eval_batch_size: int = _p(256, "Batch size when embedding a split.", lo=1)
-    # --- MPN at inference (paper claim 2; METHOD_SPEC §8) ------------------------------------
+    # --- MPN at inference (paper claim 2; docs/method.md §8) ------------------------------------
     mpn_inference_k: int = _p(30, "MPN at inference: k of the reciprocal k-NN lists (authors: "
                               "30; the expansion uses k/2).", lo=2, hi=1000)
     mpn_inference_batch: int = _p(7, "MPN at inference: nodes per neighbourhood graph, the "
@@ -235,7 +235,7 @@ def held_out_classes(train_classes: int, val_fraction: float) -> int:
 
 
 def check_batch_shape(p: Params, *, train_classes: int, largest_class: int) -> None:
-    """n_c classes × n_s images must be drawable from the training classes (METHOD_SPEC §3.1:
+    """n_c classes × n_s images must be drawable from the training classes (docs/method.md §3.1:
     classes smaller than n_s are padded with repeats, so only the largest class bounds n_s)."""
     if p.n_c > train_classes:
         raise ParamError(f"parameter n_c: {p.n_c} classes per batch, but the training split has "
@@ -258,7 +258,7 @@ def make_params(values: dict[str, Any]) -> Params:
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ParamError(f"unknown parameter(s) {', '.join(unknown)}; the parameters are listed "
-                         "in README.md (or run `ibdml params`)")
+                         "in docs/parameters.md (or run `ibdml params`)")
     return validate(Params(**values))
 
 
@@ -281,7 +281,7 @@ def load_params(path: str | Path | None = None,
 
 
 def params_markdown() -> str:
-    """The parameter table of README.md, generated from `Params` so it cannot drift."""
+    """The parameter table of docs/parameters.md, generated from `Params` so it cannot drift."""
     rows = ["| parameter | default | allowed | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(Params):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default

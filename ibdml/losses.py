@@ -1,4 +1,4 @@
-"""Label-smoothed, temperature-scaled cross-entropy on both heads (paper Sec. 3; METHOD_SPEC §5).
+"""Label-smoothed, temperature-scaled cross-entropy on both heads (paper Sec. 3; docs/method.md §5).
 
 Targets are q = (1 − ε)·onehot + ε/C and the logits are divided by the temperature T before the
 softmax (T < 1 sharpens). The total loss is the sum of the backbone (aux) and the MPN terms with

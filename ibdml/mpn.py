@@ -1,5 +1,5 @@
 """The message-passing network (MPN): the mini-batch as a complete graph, refined by multi-head
-dot-product self-attention (paper §3.2; METHOD_SPEC §4.2–4.3, Part 1).
+dot-product self-attention (paper §3.2; docs/method.md §4.2–4.3, Part 1).
 
 Each layer is a post-LN transformer encoder layer over the nodes of a graph:
     a = MHA(h);  h = LN(h + drop(a));  h = LN(h + drop(W2 drop(ReLU(W1 h))))
@@ -24,8 +24,8 @@ from torch import nn
 def attention_weights(scores: torch.Tensor, null_key: bool) -> torch.Tensor:
     """Row-normalise attention scores [..., N, N] in fp32.
 
-    null_key=True is the authors' scatter softmax (METHOD_SPEC §4.3, B9): an implicit extra key
-    with logit 0 and a zero value, α_ij = exp(s_ij) / (1 + Σ_k exp(s_ik)), so rows sum to < 1.
+    null_key=True is the authors' scatter softmax (docs/method.md §4.3, §11 B9): an implicit extra
+    key with logit 0 and a zero value, α_ij = exp(s_ij) / (1 + Σ_k exp(s_ik)), so rows sum to < 1.
     null_key=False is the standard softmax (rows sum to 1)."""
     scores = scores.float()
     if not null_key:
@@ -78,7 +78,7 @@ class MPNLayer(nn.Module):
 
 class BNNeckClassifier(nn.Module):
     """BatchNorm1d with its bias frozen at 0, then a bias-free Linear with N(0, 0.001²) weights
-    (METHOD_SPEC §4.2 step 5)."""
+    (docs/method.md §4.2 step 5)."""
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()

@@ -20,7 +20,7 @@ def test_null_key_rows_sum_below_one_and_softmax_rows_to_one():
     plain = attention_weights(scores, null_key=False)
     assert (null.sum(-1) < 1).all() and (null > 0).all()
     torch.testing.assert_close(plain.sum(-1), torch.ones(2, 3, 7))
-    # α = exp(s) / (1 + Σ exp(s)) exactly (METHOD_SPEC §4.3)
+    # α = exp(s) / (1 + Σ exp(s)) exactly (docs/method.md §4.3)
     torch.testing.assert_close(null, scores.exp() / (1 + scores.exp().sum(-1, keepdim=True)))
 
 

@@ -1,4 +1,4 @@
-"""The paper's recipes: each loads, validates and holds Table 1's values exactly (METHOD_SPEC §9),
+"""The paper's recipes: each loads, validates and holds Table 1's values exactly (docs/method.md §9),
 with the shared settings (ResNet-50 at 227 px from ImageNet weights, 70 epochs, ÷10 at 30/50)."""
 
 from pathlib import Path
@@ -9,7 +9,7 @@ from ibdml.config import load_params
 
 PARAMS = Path(__file__).parent.parent / "params"
 
-# METHOD_SPEC §9, from the authors' config/*_train.yaml: n_c, n_s, lr, weight decay, T, MPN
+# docs/method.md §9, from the authors' config/*_train.yaml: n_c, n_s, lr, weight decay, T, MPN
 # layers, heads, classifier on the concatenated layers.
 TABLE_1 = {
     "cub200": (6, 9, 1.563663718906821e-4, 6.059722614369727e-6, 0.2, 1, 2, False),

@@ -1,4 +1,4 @@
-"""The class-balanced sampler reproduces CombineSampler's semantics (METHOD_SPEC §3.1)."""
+"""The class-balanced sampler reproduces CombineSampler's semantics (docs/method.md §3.1)."""
 
 from collections import Counter
 

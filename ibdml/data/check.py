@@ -66,7 +66,7 @@ def count_problems(splits: Mapping[str, Split], expected: Mapping[str, SplitCoun
                    title: str) -> list[Problem]:
     """Empty splits, and splits whose classes or images differ from `expected` (splits left out
     of `expected` are not compared). A partial copy is a problem: the paper's numbers need the
-    full set (METHOD_SPEC §2)."""
+    full set (docs/method.md §2)."""
     problems = [Problem(f"the {name} split has no images",
                         f"images of the {name} classes (the class ranges of the {title} layout)")
                 for name, split in splits.items() if len(split) == 0]

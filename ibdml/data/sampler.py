@@ -1,6 +1,6 @@
 """The class-balanced batch sampler: n_c classes × n_s images per batch.
 
-It reproduces the semantics of the authors' CombineSampler (METHOD_SPEC §3.1, bug list B20):
+It reproduces the semantics of the authors' CombineSampler (docs/method.md §3.1, §11 B20):
 every class is cut into chunks of n_s images, with floor(m / n_s) + 1 chunks per class of m
 images (the last chunk is topped up with other images of the class, so some images appear twice
 in an epoch), the chunks are shuffled globally, topped up to a multiple of n_c with copies of
@@ -20,7 +20,7 @@ import numpy as np
 
 def divisor_shapes(batch_size: int) -> list[tuple[int, int]]:
     """(n_c, n_s) pairs with n_c·n_s = batch_size and 2 ≤ n_c ≤ batch_size / 2 (authors' CUB
-    NumberSampler, METHOD_SPEC §3.2). For 54: (2,27) (3,18) (6,9) (9,6) (18,3) (27,2)."""
+    NumberSampler, docs/method.md §3.2). For 54: (2,27) (3,18) (6,9) (9,6) (18,3) (27,2)."""
     return [(d, batch_size // d) for d in range(2, batch_size // 2 + 1) if batch_size % d == 0]
 
 
@@ -55,7 +55,7 @@ class ClassBalancedBatchSampler:
         return shapes[np.random.default_rng([self.seed, self.epoch, 1]).integers(len(shapes))]
 
     def _class_chunks(self, members: np.ndarray, n_s: int, rng: np.random.Generator) -> np.ndarray:
-        """One class's chunks, [floor(m / n_s) + 1, n_s] (METHOD_SPEC §3.1 steps 1–3)."""
+        """One class's chunks, [floor(m / n_s) + 1, n_s] (docs/method.md §3.1 steps 1–3)."""
         members = rng.permutation(members)
         if len(members) < n_s:  # step 2: pad small classes with repeats
             members = np.concatenate([members, rng.choice(members, n_s - len(members))])

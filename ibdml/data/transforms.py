@@ -1,4 +1,4 @@
-"""Train and test transforms (METHOD_SPEC §2.3 and Part 1).
+"""Train and test transforms (docs/method.md §2.3 and Part 1).
 
 Train: random resized crop, optional horizontal flip, to tensor, normalise, then the authors'
 random erasing, which writes its fill values into the *normalised* tensor. Test: resize the
@@ -16,7 +16,7 @@ from ibdml.config import Params
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUTHORS_STD = (0.299, 0.224, 0.225)  # the authors' typo for 0.229 (METHOD_SPEC B8)
+AUTHORS_STD = (0.299, 0.224, 0.225)  # the authors' typo for 0.229 (docs/method.md §11 B8)
 ERASE_FILL = (0.4914, 0.4822, 0.4465)  # CIFAR means, the authors' fill values
 
 
@@ -28,7 +28,7 @@ class PerImageStandardize(torch.nn.Module):
 
 
 class AuthorsRandomErasing(torch.nn.Module):
-    """Random erasing as the authors implement it (METHOD_SPEC §2.3): with probability p, up to
+    """Random erasing as the authors implement it (docs/method.md §2.3): with probability p, up to
     100 attempts at a rectangle of area U(0.02, 0.4)·H·W and aspect ratio U(0.3, 1/0.3), filled
     per channel with constants. torchvision's version samples the log-ratio and tries 10 times."""
 
