@@ -237,24 +237,21 @@ def _self_search_heaps(x: torch.Tensor, k: int,
     heaps.k, heaps.nh = int(k), n  # faiss takes a plain int, not a numpy integer
     heaps.val, heaps.ids = faiss.swig_ptr(sims), faiss.swig_ptr(idx)
     heaps.heapify()
-    # Two reused buffers: a fresh block per chunk would cost page faults every time. The
-    # products go through numpy's BLAS (OpenBLAS in the numpy and faiss wheels), which computed
-    # these [256, N] blocks 1.3–1.8× faster than torch.mm from N = 5,924 to 60,502 on the 2-core
-    # CPU the benchmarks ran on (bench/RESULTS.md has the whole search's times).
-    data = x.numpy()
-    rows_buffer = np.empty(chunk * n, dtype=np.float32)
-    columns_buffer = np.empty(chunk * n, dtype=np.float32)
+    # Two reused buffers: a fresh block per chunk would cost page faults every time. torch
+    # multiplies: numpy's OpenBLAS threads keep spinning after each product and slow faiss's heap
+    # threads down (docs/architecture.md, "Optional dependencies: faiss").
+    rows_buffer, columns_buffer = torch.empty(chunk * n), torch.empty(chunk * n)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         c = stop - start
-        block = rows_buffer[: c * (n - start)].reshape(c, n - start)
-        np.matmul(data[start:stop], data[start:].T, out=block)  # [c, N − start]
+        block = rows_buffer[: c * (n - start)].view(c, n - start)
+        torch.mm(x[start:stop], x[start:].T, out=block)  # [c, N − start]
         if exclude_self:
-            np.fill_diagonal(block, -np.inf)  # (i, i): each query's own index, by index
-        heaps.addn(n - start, faiss.swig_ptr(block), start, start, c)
+            block.fill_diagonal_(-torch.inf)  # (i, i): each query's own index, by index
+        heaps.addn(n - start, faiss.swig_ptr(block.numpy()), start, start, c)
         if stop < n:  # later rows, against this block's rows
-            later = columns_buffer[: (n - stop) * c].reshape(n - stop, c)
-            later[:] = block[:, c:].T
-            heaps.addn(c, faiss.swig_ptr(later), start, stop, n - stop)
+            later = columns_buffer[: (n - stop) * c].view(n - stop, c)
+            later.copy_(block[:, c:].T)
+            heaps.addn(c, faiss.swig_ptr(later.numpy()), start, stop, n - stop)
     heaps.reorder()  # each row's heap sorted: descending similarity
     return torch.from_numpy(sims), torch.from_numpy(idx)
