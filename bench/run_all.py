@@ -3,6 +3,7 @@
     .venv/bin/python bench/run_all.py                 # the full run, ~22 min on 2 cores
     .venv/bin/python bench/run_all.py --tiny          # every tiny mode, into outputs/bench/tiny/
     .venv/bin/python bench/run_all.py --render-only   # RESULTS.md again from results.json
+    .venv/bin/python bench/run_all.py --steps evaluate  # re-measure some steps, keep the rest
 
 What runs, one after the other, each in its own Python process (its raw output, printed and as
 JSON, under outputs/bench/, git-ignored):
@@ -488,6 +489,7 @@ def render(results: dict) -> str:
         f"{versions['torch']}, numpy {versions['numpy']}, {faiss}, pytorch-metric-learning "
         f"{versions['pytorch-metric-learning'] or 'not installed'}.",
         "",
+        *remeasured_text(results),
         "Other work on the machine during each step, in CPU-seconds used by processes other "
         "than the benchmark (from /proc/stat, less the benchmark's own CPU time), of the "
         f"cores × wall seconds there were: {other_text or 'not recorded in this run'}. Figures "
@@ -528,6 +530,42 @@ def all_ok(results: dict) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+STEP_NAMES = ("evaluate", "train_overhead", "mpn_inference", "glyphs", "pipeline")
+
+
+def remeasure(args: argparse.Namespace, raw: Path, out: Path) -> int:
+    """--steps: run only the named steps and put them into the existing results.json, each
+    with the date and machine of its own measurement (render says which steps these are)."""
+    results = json.loads((out / "results.json").read_text())
+    run = {"evaluate": lambda: bench_evaluate(raw, args.tiny),
+           "train_overhead": lambda: bench_train_overhead(raw, args.tiny),
+           "mpn_inference": lambda: bench_mpn_inference(raw, args.tiny, args.runs, args.mpn_sop),
+           "glyphs": lambda: bench_glyphs(raw, args.tiny, args.runs),
+           "pipeline": lambda: bench_pipeline(raw, args.tiny, args.pipeline_runs or 1)}
+    for name in args.steps:
+        print(f"== {name}", flush=True)
+        date = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        results[name] = {**run[name](), "measured": {"date": date, "machine": machine()}}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "RESULTS.md").write_text(render(results))
+    print(f"wrote {out / 'RESULTS.md'} and {out / 'results.json'}")
+    return 0 if all_ok(results) else 1
+
+
+def remeasured_text(results: dict) -> list[str]:
+    """A paragraph naming the steps measured after the full run, with their date and machine."""
+    lines = []
+    for name in STEP_NAMES:
+        measured = (results.get(name) or {}).get("measured")
+        if measured:
+            m = measured["machine"]
+            lines.append(f"`{name}` was measured again on {measured['date']} (`--steps`), on "
+                         f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, GPU: "
+                         f"{m['gpu'] or 'none'}, torch {m['versions']['torch']}: its figures "
+                         "below come from that run, the others from the full run.")
+    return [" ".join(lines), ""] if lines else []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true",
@@ -542,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: bench/, or outputs/bench/tiny/ with --tiny)")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: rewrite RESULTS.md from the results.json there")
+    parser.add_argument("--steps", nargs="+", choices=STEP_NAMES,
+                        help="measure only these steps and replace them in the results.json "
+                        "there (each keeps its own date and machine in RESULTS.md)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.pipeline_runs < 0:
         parser.error("--runs must be ≥ 1 and --pipeline-runs ≥ 0")
@@ -551,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "RESULTS.md").write_text(render(json.loads((out / "results.json").read_text())))
         print(f"rewrote {out / 'RESULTS.md'} from {out / 'results.json'}")
         return 0
+    if args.steps:
+        return remeasure(args, raw, out)
     start = time.perf_counter()
     results = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                "tiny": args.tiny, "machine": machine()}
@@ -561,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
              ("glyphs", lambda: bench_glyphs(raw, args.tiny, args.runs))]
     if args.pipeline_runs:
         steps.append(("pipeline", lambda: bench_pipeline(raw, args.tiny, args.pipeline_runs)))
+    assert [name for name, _ in steps] == list(STEP_NAMES[:len(steps)])
     for name, step in steps:
         print(f"== {name}", flush=True)
         results[name] = step()
