@@ -17,16 +17,25 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    """The global generators' states, to be stored with a checkpoint."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate(),
+    """The global generators' states, to be stored with a checkpoint: tensors and plain Python
+    values only (numpy's key as a list of ints), so that the checkpoint loads with
+    torch.load(weights_only=True) (steps/rundir.py)."""
+    # {bit_generator, state: {key, pos}, has_gauss, gauss}
+    numpy = np.random.get_state(legacy=False)
+    return {"torch": torch.get_rng_state(),
+            "numpy": {**numpy, "state": {"key": numpy["state"]["key"].tolist(),
+                                         "pos": int(numpy["state"]["pos"])}},
+            "python": random.getstate(),  # (version, tuple of 625 ints, gauss_next): plain
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state: dict) -> None:
     """Restore what `rng_state` returned."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy = state["numpy"]
+    np.random.set_state({**numpy, "state": {
+        "key": np.asarray(numpy["state"]["key"], dtype=np.uint32), "pos": numpy["state"]["pos"]}})
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

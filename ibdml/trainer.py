@@ -49,6 +49,8 @@ class Trainer:
     best: float = -math.inf  # best selection R@1 so far
 
     def state_dict(self) -> dict:
+        """Tensors and plain Python values only (seeding.rng_state, the sampler's ints), so that
+        a checkpoint of it loads with torch.load(weights_only=True)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
                 "epoch": self.epoch, "best": self.best, "rng": rng_state()}

@@ -1,5 +1,6 @@
-"""Training: a smoke run learns, resume is exact, a diverging loss stops cleanly, run folders
-never mix parameter sets."""
+"""Training: a smoke run learns, resume is exact (also from the checkpoint before an unreadable
+last.pt), checkpoints load with weights_only=True and carry the history, a diverging loss stops
+cleanly, run folders never mix parameter sets."""
 
 import json
 from pathlib import Path
@@ -30,27 +31,43 @@ def test_smoke_run_lowers_the_loss_and_writes_its_files(glyph_root, tmp_path):
     assert set(history[0]["loss"]) == {"total", "backbone", "mpn"}
     assert "test" not in history[0] and "test" in history[1]
     assert 0 <= history[1]["test"]["recall_at_k"]["1"] <= 1
-    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 4 and state["history"] == history  # history.json is written from it
+    previous = torch.load(tmp_path / "run" / "checkpoints" / "previous.pt", weights_only=True)
+    assert previous["epoch"] == 3 and previous["history"] == history[:3]
     assert load_params(tmp_path / "run" / "params.yaml") == p
     # a finished run returns at once when asked again
     assert train(p, tmp_path / "run", progress=False)["epochs"] == 4
 
 
 def _weights(run_dir):
-    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_two_epochs_equal_one_plus_resume(glyph_root, tmp_path, interrupted_then_resumed):
     p = smoke(glyph_root, epochs=2)
     train(p, tmp_path / "straight", progress=False)
-    interrupted_then_resumed(p, tmp_path / "resumed")
+    # history.json lost: resuming writes it again from the checkpoint
+    interrupted_then_resumed(p, tmp_path / "resumed",
+                             lambda: (tmp_path / "resumed" / "history.json").unlink())
 
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"))
     history = json.loads((tmp_path / "resumed" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
+
+    # a damaged last.pt: training resumes from previous.pt (epoch 1) and ends where it did
+    last = tmp_path / "straight" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="last.pt is truncated or damaged.*resuming from .*"
+                      "previous.pt \\(epoch 1\\)"):
+        train(p, tmp_path / "straight", progress=False)
+    _assert_same_weights(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(glyph_root, tmp_path, monkeypatch):
@@ -69,7 +86,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(glyph_root, tmp_path, mon
     monkeypatch.setattr(trainer_module, "intra_batch_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="epoch 2.*last good checkpoint \\(epoch 1\\)"):
         train(p, tmp_path / "run", progress=False)
-    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
@@ -108,12 +125,5 @@ def test_select_on_val_writes_best_checkpoint(glyph_root, tmp_path):
     p = smoke(glyph_root, epochs=2, val_fraction=0.25, select_on="val", n_c=4)
     history = train(p, tmp_path / "run", progress=False)["history"]
     assert all("val" in row for row in history)
-    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     assert best["best"] == max(r["val"]["recall_at_k"]["1"] for r in history)
-
-
-def test_run_files_are_readable_by_others(tmp_path):
-    from ibdml.steps.rundir import write_json
-
-    write_json(tmp_path / "x.json", {"a": 1})
-    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600

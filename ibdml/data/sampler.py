@@ -84,7 +84,8 @@ class ClassBalancedBatchSampler:
         return -(-chunks // n_c)
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch}
+        """Plain ints, so that a checkpoint holding it loads with weights_only=True."""
+        return {"seed": int(self.seed), "epoch": int(self.epoch)}
 
     def load_state_dict(self, state: dict) -> None:
         self.seed, self.epoch = state["seed"], state["epoch"]

@@ -27,7 +27,7 @@ from ibdml.figures.attention import attention_figures
 from ibdml.probes import (AttentionRun, Probes, record_attention, records_attention,
                           summarise_record)
 from ibdml.steps.rundir import (RunFolderError, environment, read_json, read_run_params,
-                                save_figures, write_json, write_npy)
+                                run_lock, save_figures, write_json, write_npy)
 
 FOLDER = "attention"
 
@@ -90,7 +90,12 @@ def summarise_run(run_dir: str | Path, *,
     edge-case verdicts, the claim's counts over heads, the node to show: probes.summarise_record)
     and draw the attention figures into <run>/figures/ (HTML and PNG); returns the summary. A run
     that records no attention gets {"recorded": false, "reason": ...} and no figures."""
-    run_dir, p = Path(run_dir), read_run_params(run_dir)
+    run_dir, p = Path(run_dir), read_run_params(run_dir)  # first: no lock file in a non-run
+    with run_lock(run_dir):  # RunLocked while another process writes the folder (rundir.py)
+        return _summarise_run(run_dir, p, null_key_treatment)
+
+
+def _summarise_run(run_dir: Path, p: Params, null_key_treatment: Treatment) -> dict:
     if not records_attention(p):
         reason = ("mpn_layers is 0" if p.mpn_layers == 0 else "attention_probes is 0"
                   if p.attention_probes == 0 else "loss_heads is backbone: the MPN never trains")

@@ -18,12 +18,12 @@ from typing import Any
 
 from ibdml.claims import (budget, claim3, comparison_rows, mean_std, paired, retrieval_metrics,
                           verdict)
-from ibdml.config import load_params
+from ibdml.config import Params, load_params
 from ibdml.paper import PAPER
 from ibdml.steps.attention import summarise_run
 from ibdml.steps.evaluate import evaluate_run
 from ibdml.steps.mpn_inference import evaluate_mpn_inference
-from ibdml.steps.rundir import read_json, write_json
+from ibdml.steps.rundir import read_json, run_lock, write_json
 from ibdml.steps.train import train
 
 VARIANTS = {"ce": {"mpn_layers": 0, "loss_heads": "backbone"}, "mpn": {}}
@@ -37,27 +37,41 @@ def run_claims(params_file: str | Path, study_dir: str | Path, seeds: Sequence[i
                overrides: dict[str, Any] | None = None,
                log: Callable[[str], None] = print) -> dict:
     """Train and evaluate both variants for every seed (each resumes or skips what is done),
-    then summarise into <study>/claims.json. Returns the summary."""
+    then summarise into <study>/claims.json. Returns the summary. Holds the study folder's lock
+    throughout and each run folder's while it works on it (steps/rundir.py): RunLocked when
+    another process is writing one of them."""
     if len(seeds) < 1 or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, at least one (three for a spread), got {seeds}")
-    for seed in seeds:
-        for variant, changes in VARIANTS.items():
-            run = run_dir_of(study_dir, variant, seed)
-            p = load_params(params_file, {**(overrides or {}), **changes, "seed": seed})
-            log(f"[{run.name}] training ({p.epochs} epochs)")
-            train(p, run, progress=False)
-            if not (run / "metrics.json").is_file():
-                evaluate_run(run, progress=False)
-            if variant == "mpn":
-                if not (run / "mpn_inference.json").is_file():
-                    evaluate_mpn_inference(run)
-                summarise_run(run)
-    return summarise_claims(study_dir, seeds)
+    with run_lock(study_dir):
+        for seed in seeds:
+            for variant, changes in VARIANTS.items():
+                p = load_params(params_file, {**(overrides or {}), **changes, "seed": seed})
+                _run_variant(p, run_dir_of(study_dir, variant, seed), variant, log)
+        return summarise_claims(study_dir, seeds)
+
+
+def _run_variant(p: Params, run: Path, variant: str, log: Callable[[str], None]) -> None:
+    """Train, evaluate and (the MPN variant) refine and summarise one run of the study, under its
+    lock, so that no other process writes the run between the steps."""
+    with run_lock(run):
+        log(f"[{run.name}] training ({p.epochs} epochs)")
+        train(p, run, progress=False)
+        if not (run / "metrics.json").is_file():
+            evaluate_run(run, progress=False)
+        if variant == "mpn":
+            if not (run / "mpn_inference.json").is_file():
+                evaluate_mpn_inference(run)
+            summarise_run(run)
 
 
 def summarise_claims(study_dir: str | Path, seeds: Sequence[int]) -> dict:
     """Read the study's runs into claims.json (see the module docstring)."""
     study_dir = Path(study_dir)
+    with run_lock(study_dir):
+        return _summarise_claims(study_dir, seeds)
+
+
+def _summarise_claims(study_dir: Path, seeds: Sequence[int]) -> dict:
     ce = [read_json(run_dir_of(study_dir, "ce", s) / "metrics.json") for s in seeds]
     mpn = [read_json(run_dir_of(study_dir, "mpn", s) / "metrics.json") for s in seeds]
     claim1 = paired([retrieval_metrics(m) for m in ce], [retrieval_metrics(m) for m in mpn],

@@ -23,14 +23,20 @@ from ibdml.evaluation import evaluate_test, protocol, raw_pixel_baseline, untrai
 from ibdml.figures.gallery import gallery_image
 from ibdml.retrieval import nearest_neighbours, nearest_neighbours_of_rows
 from ibdml.steps.rundir import (environment, load_model, load_torch, read_json, read_run_params,
-                                save_figures, save_torch, write_json)
+                                run_lock, save_figures, save_torch, write_json)
 
 
 def evaluate_run(run_dir: Path, progress: bool = True) -> dict:
     """Evaluate the run's selected checkpoint on the test split; write metrics.json (and cache the
-    test embeddings). Baselines are computed once and kept in baselines.json."""
+    test embeddings). Baselines are computed once and kept in baselines.json. Holds the run
+    folder's lock (steps/rundir.py): RunLocked while another process writes the folder."""
     start, run_dir = time.time(), Path(run_dir)
-    p = read_run_params(run_dir)
+    p = read_run_params(run_dir)  # first: a folder that holds no run gets no lock file
+    with run_lock(run_dir):
+        return _evaluate_run(run_dir, p, start, progress)
+
+
+def _evaluate_run(run_dir: Path, p: Params, start: float, progress: bool) -> dict:
     device = devices.resolve_device(p.device)
     splits = load_splits(p, progress=progress)
     model, epoch = load_model(run_dir, p, device)

@@ -25,13 +25,19 @@ from ibdml.metrics import evaluate, evaluate_query_gallery
 from ibdml.model import IntraBatchModel
 from ibdml.neighbourhoods import reciprocal_neighbourhoods
 from ibdml.steps.rundir import (load_model, load_torch, read_json, read_run_params,
-                                save_figures, save_torch, write_json)
+                                run_lock, save_figures, save_torch, write_json)
 
 
 def evaluate_mpn_inference(run_dir: Path) -> dict:
     """Refine, evaluate and write mpn_inference.json (and the refined-embedding cache); returns
-    the result. A run without an MPN records with_mpn = null."""
-    run_dir, p = Path(run_dir), read_run_params(run_dir)
+    the result. A run without an MPN records with_mpn = null. Holds the run folder's lock
+    (steps/rundir.py): RunLocked while another process writes the folder."""
+    run_dir, p = Path(run_dir), read_run_params(run_dir)  # first: no lock file in a non-run
+    with run_lock(run_dir):
+        return _evaluate_mpn_inference(run_dir, p)
+
+
+def _evaluate_mpn_inference(run_dir: Path, p: Params) -> dict:
     cache = load_torch(run_dir / "embeddings" / "test.pt")
     keys = ("recall_at_k", "map_at_r", "nmi")
     without = {k: read_json(run_dir / "metrics.json")[k] for k in keys}

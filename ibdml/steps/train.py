@@ -1,16 +1,22 @@
 """The training step: train a run described by Params into its run folder (paper §3.3).
 
 After every epoch the state needed to continue (trainer.Trainer: model, optimiser, scheduler,
-sampler, RNG states) is checkpointed atomically and a row is appended to history.json, so
-`train(..., resume=True)` continues an interrupted run exactly: training 2 epochs equals training
-1 and resuming for 1. Before training and after every epoch the MPN's attention on fixed probe
-batches is recorded into <run>/attention/ (steps/attention.py). On a GPU, cuDNN autotuning is on
-for the duration of `train` (device.py).
+sampler, RNG states) is checkpointed atomically together with the whole history, and history.json
+is then written from it, so `train(..., resume=True)` continues an interrupted run exactly:
+training 2 epochs equals training 1 and resuming for 1. A kill at any moment loses nothing: a
+checkpoint never exists without its history rows (a resumed run rewrites history.json from the
+checkpoint), the checkpoint it replaces stays as previous.pt and is used when last.pt cannot be
+read, and the run folder's lock (steps/rundir.py) keeps a second process out meanwhile. Before
+training and after every epoch the MPN's attention on fixed probe batches is recorded into
+<run>/attention/ (steps/attention.py). On a GPU, cuDNN autotuning is on for the duration of
+`train` (device.py).
 """
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,42 +31,39 @@ from ibdml.data.transforms import train_transform
 from ibdml.evaluation import evaluate_split, evaluate_test
 from ibdml.probes import Probes, make_probes, records_attention
 from ibdml.steps.attention import epoch_file, record_epoch, write_probe_info
-from ibdml.steps.rundir import load_torch, prepare_run_dir, read_json, save_torch, write_json
+from ibdml.steps.rundir import (RunFolderError, UnreadableFile, load_torch, prepare_run_dir,
+                                run_lock, save_torch, write_json)
 from ibdml.trainer import Trainer, build_trainer, train_epoch
 
-
-def _evaluate(t: Trainer, splits: dict[str, Split], p: Params, device: torch.device) -> dict:
-    """Metrics of the current backbone on val (when present) and on the test protocol (In-Shop:
-    query → gallery), without NMI (cheap)."""
-    row = {"test": evaluate_test(t.model, splits, p, device, nmi=False)[0]}
-    if "val" in splits:
-        row["val"] = evaluate_split(t.model, splits["val"], p, device, nmi=False)[0]
-    return row
-
-
-def _resume(t: Trainer, run_dir: Path) -> list[dict]:
-    """Load the last checkpoint; keep only the history rows it covers."""
-    t.load_state_dict(load_torch(run_dir / "checkpoints" / "last.pt"))
-    history_file = run_dir / "history.json"
-    history = read_json(history_file) if history_file.is_file() else []
-    return [row for row in history if row["epoch"] <= t.epoch]
+# Test-only (tests/test_kill.py): with IBDML_TEST_PAUSE_AFTER=<point> training stops at that
+# point, writes the file IBDML_TEST_PAUSE_MARKER names and sleeps, so that a test can SIGKILL the
+# process exactly there. Points: "checkpoint" (last.pt replaced, history.json not yet written)
+# and "batch" (two optimiser steps into the second epoch). Unset, nothing changes.
+PAUSE_ENV, MARKER_ENV = "IBDML_TEST_PAUSE_AFTER", "IBDML_TEST_PAUSE_MARKER"
 
 
 def train(p: Params, run_dir: str | Path, *, resume: bool = True, progress: bool = True) -> dict:
     """Train the run described by `p` into `run_dir`; returns a summary. With resume=True an
-    existing checkpoint in the folder is continued (a finished run returns at once)."""
-    run_dir = prepare_run_dir(Path(run_dir), p)
+    existing checkpoint in the folder is continued (a finished run returns at once); with
+    resume=False its checkpoints are removed first and training starts over. Holds the run
+    folder's lock throughout: RunLocked when another process is writing it."""
+    run_dir = Path(run_dir)
+    with run_lock(run_dir):
+        return _train(p, prepare_run_dir(run_dir, p), resume, progress)
+
+
+def _train(p: Params, run_dir: Path, resume: bool, progress: bool) -> dict:
     device = devices.resolve_device(p.device)
     splits = load_splits(p, progress=progress)
     train_split = splits["train"]
     check_batch_shape(p, train_classes=train_split.num_classes,
                       largest_class=int(torch.as_tensor(train_split.labels).bincount().max()))
     t = build_trainer(p, train_split, device)
-    history = []
-    if resume and (run_dir / "checkpoints" / "last.pt").is_file():
-        history = _resume(t, run_dir)
+    history = _resume(t, run_dir) if resume else _forget_checkpoints(run_dir)
     loader = data_loader(ImageDataset(train_split, train_transform(p)), p.num_workers, device,
                          batch_sampler=t.sampler)
+    if os.environ.get(PAUSE_ENV) == "batch":
+        loader = _PausingLoader(loader, t)
     with devices.cudnn_autotune(device):  # CUDA only; restored when training ends
         probes = _start_recording(t, train_split, p, run_dir, device)
         while t.epoch < p.epochs:
@@ -78,12 +81,41 @@ def train(p: Params, run_dir: str | Path, *, resume: bool = True, progress: bool
             if probes is not None:  # before the checkpoint: a checkpointed epoch has its record
                 row["attention_seconds"] = round(record_epoch(t.model, probes, run_dir, t.epoch,
                                                               device), 3)
-            _checkpoint(t, row, run_dir, p)
             history.append(row)
-            write_json(run_dir / "history.json", history)
+            _checkpoint(t, history, run_dir, p)
+            _test_pause("checkpoint")
+            write_json(run_dir / "history.json", history)  # from what the checkpoint holds
             if progress:
                 tqdm.write(_describe(row))
     return {"run_dir": str(run_dir), "epochs": t.epoch, "history": history}
+
+
+def _evaluate(t: Trainer, splits: dict[str, Split], p: Params, device: torch.device) -> dict:
+    """Metrics of the current backbone on val (when present) and on the test protocol (In-Shop:
+    query → gallery), without NMI (cheap)."""
+    row = {"test": evaluate_test(t.model, splits, p, device, nmi=False)[0]}
+    if "val" in splits:
+        row["val"] = evaluate_split(t.model, splits["val"], p, device, nmi=False)[0]
+    return row
+
+
+def _resume(t: Trainer, run_dir: Path) -> list[dict]:
+    """Load the last checkpoint, if any, and return its history, rewriting history.json from
+    it: a kill between the checkpoint and history.json lost nothing."""
+    if not has_checkpoint(run_dir):
+        return []
+    state = load_checkpoint(run_dir)
+    t.load_state_dict(state)
+    write_json(run_dir / "history.json", state["history"])
+    return state["history"]
+
+
+def _forget_checkpoints(run_dir: Path) -> list[dict]:
+    """Training starts over (resume=False): the checkpoints of the run it replaces go, so that a
+    kill before the first epoch ends can never resume that run instead."""
+    for name in ("last.pt", "previous.pt"):
+        (run_dir / "checkpoints" / name).unlink(missing_ok=True)
+    return []
 
 
 def _start_recording(t: Trainer, split: Split, p: Params, run_dir: Path,
@@ -99,14 +131,80 @@ def _start_recording(t: Trainer, split: Split, p: Params, run_dir: Path,
     return probes
 
 
-def _checkpoint(t: Trainer, row: dict, run_dir: Path, p: Params) -> None:
-    """last.pt every epoch; best.pt when the selection split's R@1 improves."""
-    state = t.state_dict()
+def _checkpoint(t: Trainer, history: list[dict], run_dir: Path, p: Params) -> None:
+    """last.pt every epoch, with the history so far; best.pt when the selection split's R@1
+    improves."""
+    state = {**t.state_dict(), "history": history}
+    row = history[-1]
     selection = {"val": row.get("val"), "test": row.get("test")}.get(p.select_on)
     if selection is not None and selection["recall_at_k"]["1"] > t.best:
         t.best = state["best"] = selection["recall_at_k"]["1"]
         save_torch(run_dir / "checkpoints" / "best.pt", state)
-    save_torch(run_dir / "checkpoints" / "last.pt", state)
+    save_checkpoint(run_dir, state)
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> Path:
+    """Write <run>/checkpoints/last.pt, keeping the one it replaces as previous.pt: a last.pt
+    that is ever unreadable still leaves the epoch before it to resume from."""
+    folder = Path(run_dir) / "checkpoints"
+    last, previous, upcoming = folder / "last.pt", folder / "previous.pt", folder / "next.pt"
+    save_torch(upcoming, state)  # a full disk fails here, with last.pt and previous.pt unchanged
+    if last.is_file():  # a kill in between leaves last.pt, which load_checkpoint uses
+        previous.unlink(missing_ok=True)
+        os.link(last, previous)
+    os.replace(upcoming, last)
+    return last
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    folder = Path(run_dir) / "checkpoints"
+    return (folder / "last.pt").is_file() or (folder / "previous.pt").is_file()
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """The state in <run>/checkpoints/last.pt; when it is missing or unreadable, the one in
+    previous.pt, with a warning. RunFolderError when neither can be read."""
+    folder = Path(run_dir) / "checkpoints"
+    last, previous = folder / "last.pt", folder / "previous.pt"
+    try:
+        return load_torch(last)
+    except (UnreadableFile, FileNotFoundError) as e:
+        problem = str(e) if isinstance(e, UnreadableFile) else f"{last} is missing"
+    try:
+        state = load_torch(previous)
+    except (UnreadableFile, FileNotFoundError) as e:
+        second = str(e) if isinstance(e, UnreadableFile) else f"{previous} is missing"
+        raise RunFolderError(f"no checkpoint to resume from: {problem}, and {second}; delete "
+                             f"{folder} to train from scratch (or train with --restart)"
+                             ) from None
+    warnings.warn(f"{problem}; resuming from {previous} (epoch {state['epoch']})", stacklevel=2)
+    return state
+
+
+class _PausingLoader:
+    """Test-only (see PAUSE_ENV): the loader, pausing two batches into the second epoch. Each
+    iter() makes its DataLoader iterator at once, as iter(DataLoader) does: that draws a seed
+    from torch's generator, so the run draws what an unpaused one would."""
+
+    def __init__(self, loader, t: Trainer) -> None:
+        self.loader, self.t = loader, t
+
+    def __iter__(self):
+        return self._batches(iter(self.loader))
+
+    def _batches(self, batches):
+        for i, batch in enumerate(batches):
+            if self.t.epoch == 1 and i == 2:
+                _test_pause("batch")
+            yield batch
+
+
+def _test_pause(point: str) -> None:
+    """Test-only (see PAUSE_ENV): write the marker file and sleep when `point` is asked for."""
+    if os.environ.get(PAUSE_ENV) != point:
+        return
+    Path(os.environ[MARKER_ENV]).write_text(str(os.getpid()))
+    time.sleep(600)
 
 
 def _describe(row: dict) -> str:
