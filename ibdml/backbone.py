@@ -8,6 +8,7 @@ image ─► ResNet layers 1–4 ─► global max pool ─► Linear → 512 = 
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -43,8 +44,43 @@ def _file_state(path: str) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise WeightsError(f"pretrained: {path} does not exist; give the path of a torchvision "
                            "ResNet state dict (.pth), or use none / imagenet")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise WeightsError(f"pretrained: {file} cannot be read as a state dict ({detail}); save "
+                           "the weights with torch.save(model.state_dict(), PATH)") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise WeightsError(f"pretrained: {file} holds a {type(state).__name__}, not a state dict; "
+                           "save the weights with torch.save(model.state_dict(), PATH)")
+    return state
+
+
+def pretrained_state(name: str, pretrained: str) -> dict[str, torch.Tensor]:
+    """The trunk weights that `pretrained` (imagenet or a file) gives the `name` ResNet, checked
+    against it: a file of another shape is a WeightsError naming the file, the first tensor that
+    differs and both shapes, not torch's size-mismatch error. The ImageNet classifier (fc.*) is
+    dropped; everything else, BN statistics too, is kept."""
+    state = _imagenet_state(name) if pretrained == "imagenet" else _file_state(pretrained)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    with torch.device("meta"):  # the architecture's shapes, without allocating or initialising
+        own = {k: v.shape for k, v in TRUNKS[name][0](weights=None).state_dict().items()}
+    differ = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k]]
+    fix = (f"give a torchvision {name} state dict (or set backbone to the file's ResNet), or use "
+           "pretrained: none / imagenet")
+    if differ:
+        k = differ[0]
+        found = list(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k])
+        raise WeightsError(f"pretrained: {pretrained} does not fit {name}: {k} has shape {found} "
+                           f"in the file, {name} expects {list(own[k])} ({len(differ)} of "
+                           f"{len(state)} tensors differ); {fix}")
+    missing = sorted(set(own) - set(state) - {"fc.weight", "fc.bias"})
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise WeightsError(f"pretrained: {pretrained} does not fit {name} (missing "
+                           f"{missing[:3]}, unexpected {unexpected[:3]}); {fix}")
+    return state
 
 
 class Backbone(nn.Module):
@@ -56,13 +92,7 @@ class Backbone(nn.Module):
         build, _, channels = TRUNKS[name]
         resnet = build(weights=None)
         if pretrained != "none":
-            state = _imagenet_state(name) if pretrained == "imagenet" else _file_state(pretrained)
-            # The ImageNet classifier is not ours; everything else (BN statistics too) is copied.
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            missing, unexpected = resnet.load_state_dict(state, strict=False)
-            if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
-                raise WeightsError(f"pretrained: {pretrained} does not fit {name} (missing "
-                                   f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+            resnet.load_state_dict(pretrained_state(name, pretrained), strict=False)  # not fc.*
         self.trunk = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
                                    resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
         # Global max pooling, as the authors (their attribute is misleadingly named avgpool, B10).

@@ -11,11 +11,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import gc
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
-from ibdml.config import DATASETS, ParamError, load_params, params_markdown, parse_override
+from ibdml.config import (DATASETS, ParamError, Params, load_params, params_markdown,
+                          parse_override)
 
 # The benchmark layouts check-data knows (data/benchmarks.py): every dataset but the embedded one.
 BENCHMARKS = tuple(d for d in DATASETS if d != "glyphs")
@@ -26,40 +31,51 @@ def user_errors() -> tuple[type[Exception], ...]:
     an error is met, so that `ibdml --help` and `ibdml params` never import torch."""
     from ibdml.backbone import WeightsError
     from ibdml.data.folder import DatasetError
+    from ibdml.data.glyph_classes import GlyphsError
     from ibdml.pipeline import PipelineError
     from ibdml.steps.rundir import RunFolderError
     from ibdml.trainer import TrainingDiverged
 
-    return (ParamError, RunFolderError, DatasetError, WeightsError, TrainingDiverged,
-            FileNotFoundError, PipelineError)
+    return (ParamError, RunFolderError, DatasetError, GlyphsError, WeightsError,
+            TrainingDiverged, FileNotFoundError, PipelineError)
 
 
 def default_run_dir(params_file: str) -> Path:
     return Path("outputs") / Path(params_file).stem
 
 
+def check_inputs(p: Params) -> None:
+    """Refuse, before a run folder is written, inputs that cannot run (docs/errors.md)."""
+    from ibdml.data.check import check_run_inputs
+
+    check_run_inputs(p)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
+    overrides = dict(parse_override(o) for o in args.override)
+    check_inputs(load_params(args.params, overrides))  # before any notebook starts
     from ibdml.pipeline import run_pipeline, stream_notebook_output
 
-    overrides = dict(parse_override(o) for o in args.override)
     out = Path(args.out) if args.out else default_run_dir(args.params)
     stream_notebook_output()
     run_pipeline(args.params, out, overrides, only=args.only, force=args.force)
 
 
 def cmd_claims(args: argparse.Namespace) -> None:
+    overrides = dict(parse_override(o) for o in args.override)
+    check_inputs(load_params(args.params, overrides))
     from ibdml.pipeline import run_claims_notebook, stream_notebook_output
 
-    overrides = dict(parse_override(o) for o in args.override)
     stream_notebook_output()
     path = run_claims_notebook(args.params, Path(args.out), args.seeds, overrides)
     print(f"wrote {path}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    p = load_params(args.params, args.override)  # before torch is imported: a bad value is quick
+    check_inputs(p)
     from ibdml.steps.train import train
 
-    p = load_params(args.params, args.override)
     out = Path(args.out) if args.out else default_run_dir(args.params)
     summary = train(p, out, resume=not args.restart)
     print(f"trained {summary['epochs']} epochs into {out}")
@@ -130,19 +146,109 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def one_line(e: BaseException) -> str:
+    """An error's message on one line. An error raised in a DataLoader worker comes back with
+    the worker's traceback in its message (torch re-raises it so): only its last line is kept."""
+    text = str(e)
+    if "\nOriginal Traceback" in text:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
+
+
+def run_folder(args: argparse.Namespace | None) -> Path | None:
+    """The folder the command writes (None: it writes nothing)."""
+    if args is None:
+        return None
+    if getattr(args, "run_dir", None):
+        return Path(args.run_dir)
+    if getattr(args, "out", None):
+        return Path(args.out)
+    return default_run_dir(args.params) if args.command in ("run", "train") else None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder`, in it, or one of the folders above it (made on the way)."""
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return path == folder or folder in path.parents or path in folder.parents
+
+
+def os_problem(e: OSError, folder: Path | None) -> str | None:
+    """A full disk or a folder that cannot be written, in words; None for other OS errors."""
+    outside = e.filename and not (folder and _inside(Path(e.filename), folder))
+    into = f" {e.filename}" if outside else f" into {folder}" if folder else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device while writing{into} ({e.strerror}); what was "
+                "written before is kept (every write is atomic): free space and run the same "
+                "command again to resume, or use another --out on a disk with room")
+    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return None
+    if folder and (not e.filename or _inside(Path(e.filename), folder)):
+        return (f"cannot write into {folder} ({e.strerror}: {e.filename or folder}); nothing "
+                "was written there: use another --out, a folder you may write to")
+    return f"cannot open {e.filename} ({e.strerror}); check its permissions"
+
+
+def non_finite_embeddings(e: ValueError, folder: Path | None) -> str | None:
+    """The embedding validator's refusal of NaN or inf rows (embeddings.py), in words; None for
+    any other ValueError, which is a bug and keeps its traceback."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or tb.tb_frame.f_globals.get("__name__") != "ibdml.embeddings" \
+            or "NaN or inf" not in str(e):
+        return None
+    rows = re.search(r"\d+ of \d+ rows", str(e))
+    return (f"the embeddings of run {folder} hold NaN or inf ({rows[0] if rows else one_line(e)}"
+            "): the model has diverged, or an image is blank; train again in a new run folder "
+            "with a lower lr (-p lr=...), and check the data (`ibdml check-data DATASET ROOT` "
+            "for a benchmark copy)")
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """`e` and the exceptions it was raised from or while handling, innermost last."""
+    found = [e]
+    while (e := e.__cause__ or e.__context__) is not None and e not in found:
+        found.append(e)
+    return found
+
+
+def explain(e: Exception, folder: Path | None) -> str | None:
+    """The one-line message of an error the user can fix (docs/errors.md); None for a bug,
+    which keeps its traceback."""
+    if isinstance(e, ParamError):  # first: a bad parameter never imports torch
+        return one_line(e)
+    from ibdml.data.check import BenchmarkError
+
+    if isinstance(e, BenchmarkError):
+        return e.summary()
+    for cause in _chain(e):  # torch.save meeting a full disk raises a RuntimeError from it
+        if isinstance(cause, OSError) and (problem := os_problem(cause, folder)):
+            return problem
+    if isinstance(e, user_errors()):
+        return one_line(e)
+    return non_finite_embeddings(e, folder) if isinstance(e, ValueError) else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run the command; a bad input is one line `ibdml: error: ...` and exit code 2, Ctrl-C one
+    line and 130 (docs/errors.md). Anything else is a bug and shows its traceback."""
+    args = None
     try:
-        code = args.func(args)  # commands return None (success) or an exit code
-    except Exception as e:
-        if not isinstance(e, user_errors()):
-            raise
-        print(f"ibdml: error: {e}", file=sys.stderr)
-        return 2
+        args = parser().parse_args(argv)
+        return args.func(args) or 0  # commands return None (success) or an exit code
     except KeyboardInterrupt:
-        print("ibdml: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    return code or 0
+        code, message = 130, "ibdml: interrupted; what was written is kept: run the same " \
+                             "command again to resume"
+    except Exception as e:
+        code, message = 2, explain(e, run_folder(args))
+        if message is None:
+            raise
+        message = f"ibdml: error: {message}"
+    # The failed step's objects are gone with the exception: collected now, a progress bar it
+    # left open clears its line, and the message starts a line of its own.
+    gc.collect()
+    print(message, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

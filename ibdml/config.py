@@ -9,6 +9,7 @@ value and what is allowed. docs/method.md Part 1 explains where the defaults com
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,37 +246,95 @@ def check_batch_shape(p: Params, *, train_classes: int, largest_class: int) -> N
                          f"more than {largest_class} images; use n_s ≤ {largest_class}")
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML would silently keep
+    the last, so a second `lr:` further down a parameters file would quietly win."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
+            if key in first_line:
+                raise _DuplicateKey(None, None, f"{key} is given twice (first on line "
+                                    f"{first_line[key]}); keep one", key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> tuple[str, str]:
+    """(' line N', the problem in words) of a YAML error; the line is the problem's."""
+    if not isinstance(e, yaml.MarkedYAMLError):  # a reader error: a character YAML refuses
+        return "", str(e).splitlines()[0]
+    line = f" line {e.problem_mark.line + 1}" if e.problem_mark else ""
+    context = f" ({e.context})" if e.context else ""
+    if context and e.context_mark and e.context_mark.line != e.problem_mark.line:
+        context = f" ({e.context} that starts on line {e.context_mark.line + 1})"
+    return line, f"{e.problem}{context}"
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """'key=value' → (key, YAML-parsed value): `epochs=3`, `lr_milestones=[30, 50]`."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ParamError(f"override {text!r} is not key=value, e.g. -p epochs=3")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+        raise ParamError(f"override -p {text!r} is not key=value, e.g. -p epochs=3")
+    try:
+        return key.strip(), yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ParamError(f"override -p {text!r}: the value is not YAML: {_yaml_problem(e)[1]}; "
+                         "write a list as [30, 50], and quote a string: -p 'key=\"text\"'") from None
+
+
+def _check_known(values: dict[str, Any], source: str = "") -> None:
+    """Refuse keys that are not parameters, with the nearest parameter name as a suggestion."""
+    unknown = sorted(map(str, set(values) - set(FIELDS)))
+    if unknown:
+        named = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
+            k, FIELDS, n=1)) else k for k in unknown]
+        raise ParamError(f"{source + ': ' if source else ''}unknown parameter"
+                         f"{'s' if len(unknown) > 1 else ''} {', '.join(named)}; the parameters "
+                         "are listed in docs/parameters.md (or run `ibdml params`)")
 
 
 def make_params(values: dict[str, Any]) -> Params:
     """Params from a dict of values (unknown keys are an error), validated."""
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise ParamError(f"unknown parameter(s) {', '.join(unknown)}; the parameters are listed "
-                         "in docs/parameters.md (or run `ibdml params`)")
+    _check_known(values)
     return validate(Params(**values))
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """The key: value mapping of a parameters file. A missing file, a YAML syntax error, a key
+    given twice and an unknown key are ParamErrors naming the file (and the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"parameters file {path} does not exist; pass one of params/*.yaml")
+    try:
+        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as e:
+        raise ParamError(f"parameters file {path} is not UTF-8 text ({e.reason} at byte "
+                         f"{e.start}); save it as UTF-8") from None
+    except yaml.YAMLError as e:
+        line, problem = _yaml_problem(e)
+        fix = "" if isinstance(e, _DuplicateKey) else "; fix the YAML syntax there"
+        raise ParamError(f"parameters file {path}{line}: {problem}{fix}") from None
+    if not isinstance(loaded, dict):
+        raise ParamError(f"parameters file {path} must hold a mapping of key: value lines")
+    _check_known(loaded, f"parameters file {path}")
+    return loaded
 
 
 def load_params(path: str | Path | None = None,
                 overrides: dict[str, Any] | list[str] | None = None) -> Params:
     """Read a parameters YAML file, apply overrides (a dict, or 'key=value' strings), validate."""
-    values: dict[str, Any] = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ParamError(f"parameters file {path} does not exist; pass one of params/*.yaml")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ParamError(f"parameters file {path} must hold a mapping of key: value lines")
-        values.update(loaded)
+    values: dict[str, Any] = read_params_file(path) if path else {}
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
+    _check_known(overrides or {}, "overrides")
     values.update(overrides or {})
     return make_params(values)
 

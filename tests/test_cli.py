@@ -20,6 +20,25 @@ def test_bad_parameter_is_one_clear_line(capsys, tmp_path):
     assert not (tmp_path / "r").exists()  # nothing written for a bad parameter
 
 
+@pytest.mark.parametrize("command", ["run", "claims"])
+def test_run_and_claims_refuse_a_bad_parameter_before_any_notebook(command, capsys, tmp_path):
+    assert main([command, SMOKE, "-p", "n_c=99", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.startswith("ibdml: error: parameter n_c: 99")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only errors the user can fix are one line (docs/errors.md); a bug is not hidden."""
+    import ibdml.cli
+
+    def bug(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(ibdml.cli, "cmd_evaluate", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["evaluate", "somewhere"])
+
+
 def test_train_then_evaluate(glyph_root, tmp_path, capsys):
     run = str(tmp_path / "run")
     assert main(["train", SMOKE, "-p", f"data_root={glyph_root}", "-p", "baselines=false",

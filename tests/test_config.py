@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ibdml.config import FIELDS, ParamError, Params, load_params, params_markdown, validate
+from ibdml.config import (FIELDS, ParamError, Params, load_params, params_markdown,
+                          parse_override, validate)
 
 PARAMS_DIR = Path(__file__).parent.parent / "params"
 
@@ -57,6 +58,40 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
         load_params(None, ["epochs"])
     with pytest.raises(ParamError, match="does not exist"):
         load_params(tmp_path / "nope.yaml")
+    with pytest.raises(ParamError, match=r"override -p 'lr=\[': the value is not YAML: expected "
+                       "the node content"):
+        load_params(None, ["lr=["])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: 3\nlr: [0.1\nseed: 1\n", " line 3: expected ',' or ']', but got ':' (while parsing "
+     "a flow sequence that starts on line 2); fix the YAML syntax there"),
+    ('epochs: "3\n', " line 2: found unexpected end of stream (while scanning a quoted scalar "
+     "that starts on line 1); fix the YAML syntax there"),
+    ("epochs: 3\nlr: 0.1\nepochs: 4\n", " line 3: epochs is given twice (first on line 1); keep one"),
+    ("epoch: 3\nlrr: 0.1\n", ": unknown parameters epoch (did you mean epochs?), lrr (did you "
+     "mean lr?)"),
+    ("- epochs\n", " must hold a mapping"),
+])
+def test_a_bad_parameters_file_names_itself_and_the_line(tmp_path, text, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamError) as e:
+        load_params(path)
+    assert str(e.value).startswith(f"parameters file {path}{message}")
+
+
+def test_a_key_given_twice_is_refused_in_nested_mappings_too_but_merges_are_not():
+    with pytest.raises(ParamError, match="a is given twice"):
+        load_params(None, ["lr_milestones={a: 1, a: 2}"])
+    # a YAML merge key may be overridden by the mapping's own key: not a duplicate
+    assert parse_override("lr_milestones=[{<<: {a: 1}, a: 2}]")[1] == [{"a": 2}]
+
+
+def test_a_parameters_file_that_is_not_utf8(tmp_path):
+    (tmp_path / "p.yaml").write_bytes(b"epochs: \xff\n")
+    with pytest.raises(ParamError, match="is not UTF-8 text"):
+        load_params(tmp_path / "p.yaml")
 
 
 def test_every_field_documented_in_markdown():

@@ -61,9 +61,18 @@ def test_pretrained_from_local_file(tmp_path):
 def test_pretrained_errors(tmp_path):
     with pytest.raises(WeightsError, match="does not exist"):
         Backbone("resnet18", 10, pretrained=str(tmp_path / "missing.pth"))
-    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(Exception, match="size mismatch|does not fit"):
-        Backbone("resnet18", 10, pretrained=str(tmp_path / "bad.pth"))
+    torch.save({"conv1.weight": torch.zeros(64, 1, 7, 7)}, tmp_path / "gray.pth")
+    with pytest.raises(WeightsError) as e:  # not torch's size-mismatch RuntimeError
+        Backbone("resnet18", 10, pretrained=str(tmp_path / "gray.pth"))
+    assert str(e.value).startswith(f"pretrained: {tmp_path / 'gray.pth'} does not fit resnet18: "
+                                   "conv1.weight has shape [64, 1, 7, 7] in the file, resnet18 "
+                                   "expects [64, 3, 7, 7]")
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "part.pth")
+    with pytest.raises(WeightsError, match=r"does not fit resnet18 \(missing \['bn1"):
+        Backbone("resnet18", 10, pretrained=str(tmp_path / "part.pth"))
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot be read as a state dict"):
+        Backbone("resnet18", 10, pretrained=str(tmp_path / "text.pth"))
 
 
 def test_imagenet_weights_offline_say_which_file_and_where(tmp_path, monkeypatch):

@@ -5,6 +5,9 @@ on disk, split counts that differ from the expected ones, and images that PIL ca
 problem says what is wrong, shows a few example paths with the total, and says what is expected.
 `benchmarks.read_benchmark` raises the problems it finds as one `BenchmarkError`;
 `benchmarks.check_benchmark` collects them, with the unreadable images, into a `BenchmarkReport`.
+
+`check_run_inputs` is what a run checks before its folder is written: the data, the batch shape
+against it and the pretrained weights (docs/errors.md).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ibdml.config import Params, check_batch_shape
 from ibdml.data.folder import DatasetError, Split
 
 
@@ -35,6 +39,14 @@ class Problem:
     expected: str
     examples: tuple[str, ...] = ()
     total: int = 0
+    fix: str = ""  # what to do, in one line, when `expected` alone does not say it
+
+    def line(self) -> str:
+        """The problem in one line: what, the first example, and the fix (or what is expected,
+        when that fits on a line)."""
+        text = self.what + (f", e.g. {self.examples[0]}" if self.examples else "")
+        fix = self.fix or ("" if "\n" in self.expected else f"expected {self.expected}")
+        return f"{text}; {fix}" if fix else text
 
     def text(self) -> str:
         lines = [f"- {self.what}"] + [f"    {e}" for e in self.examples]
@@ -47,8 +59,16 @@ class BenchmarkError(DatasetError):
     """A benchmark copy that cannot be used as it is; `problems` lists why."""
 
     def __init__(self, problems: Sequence[Problem], hint: str = "") -> None:
-        self.problems = list(problems)
+        self.problems, self.hint = list(problems), hint
         super().__init__("\n".join([p.text() for p in self.problems] + ([hint] if hint else [])))
+
+    def summary(self) -> str:
+        """One line for a terminal (docs/errors.md): the first problem, how many more, and the
+        hint; `ibdml check-data` prints them all with the expected layout."""
+        more = len(self.problems) - 1
+        text = self.problems[0].line() + (f" (and {more} more problem{'s' * (more > 1)})"
+                                          if more else "")
+        return f"{text}; {self.hint}" if self.hint else text
 
 
 def missing_images(splits: Mapping[str, Split], where: str, max_examples: int = 5) -> list[Problem]:
@@ -59,7 +79,8 @@ def missing_images(splits: Mapping[str, Split], where: str, max_examples: int = 
     if not missing:
         return []
     return [Problem(f"{len(missing):,} of {len(paths):,} listed images are missing on disk", where,
-                    tuple(str(p) for p in missing[:max_examples]), len(missing))]
+                    tuple(str(p) for p in missing[:max_examples]), len(missing),
+                    "extract the missing files from the official archive")]
 
 
 def count_problems(splits: Mapping[str, Split], expected: Mapping[str, SplitCount],
@@ -83,7 +104,9 @@ def count_problems(splits: Mapping[str, Split], expected: Mapping[str, SplitCoun
             "expected counts",
             f"the complete {title}: the paper's numbers need every image. Re-extract the\n"
             "archives; to train on a deliberate subset, set the parameter official_counts: false\n"
-            "(in Python: read_benchmark(..., expected={...}))", tuple(differ), len(differ)))
+            "(in Python: read_benchmark(..., expected={...}))", tuple(differ), len(differ),
+            "re-extract the archives, or set official_counts: false to train on a deliberate "
+            "subset (its numbers are not the paper's)"))
     return problems
 
 
@@ -159,3 +182,21 @@ class BenchmarkReport:
 
 def _count(count: SplitCount | None, field: str) -> str:
     return "-" if count is None else f"{getattr(count, field):,}"
+
+
+def check_run_inputs(p: Params, progress: bool = True) -> dict[str, Split]:
+    """The run's splits (data/splits.py, `load_splits`), once everything that can be checked
+    before a run folder is written has been: the data (a missing, partial or unreadable copy:
+    BenchmarkError), n_c × n_s against the training split (ParamError) and the pretrained weights
+    (backbone.WeightsError). A run that cannot start then leaves no params.yaml behind, which
+    would refuse the corrected parameters (official_counts: false, a smaller n_c) in the same
+    folder (docs/errors.md)."""
+    from ibdml.backbone import pretrained_state  # torch, and data/splits.py imports this module
+    from ibdml.data.splits import load_splits
+
+    splits = load_splits(p, progress=progress)
+    train = splits["train"]
+    check_batch_shape(p, train_classes=train.num_classes, largest_class=train.largest_class)
+    if p.pretrained != "none":
+        pretrained_state(p.backbone, p.pretrained)
+    return splits

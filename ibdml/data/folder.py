@@ -40,6 +40,12 @@ class Split:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def largest_class(self) -> int:
+        """Images in the split's largest class (0 when empty): what bounds n_s (config.py,
+        check_batch_shape)."""
+        return int(np.bincount(self.labels).max()) if len(self.labels) else 0
+
     def subset(self, class_ids: np.ndarray, name: str) -> "Split":
         """The images of the given classes, relabelled 0..len(class_ids)-1 in the given order."""
         remap = {int(c): i for i, c in enumerate(class_ids)}
@@ -68,12 +74,18 @@ def read_image_folder(root: Path) -> Split:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB; an unreadable file is an error that names it."""
+    """Open an image as RGB; an unreadable file is a DatasetError that names it and the fix (a
+    one-line message: docs/errors.md)."""
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}; remove or replace the file") from e
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as e:
+        reason = " ".join(str(e).replace(f" {str(path)!r}", "").split()) or type(e).__name__
+        raise DatasetError(
+            f"cannot read image {path} ({reason}); replace it from the dataset's archive (a "
+            "Glyphs cache: delete its folder to render it again), and run `ibdml check-data "
+            "DATASET ROOT` to find every unreadable image of a benchmark copy") from e
 
 
 class ImageDataset(Dataset):
