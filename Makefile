@@ -27,8 +27,8 @@ test: $(STAMP)
 
 # The benchmarks (bench/run_all.py writes bench/RESULTS.md; ~22 min on 2 cores,
 # a third of it the pipeline that `make run` runs, timed 3 times). The bench extra
-# (pytorch-metric-learning, the reference for evaluation) is installed once, and again only after
-# pyproject.toml changed; `make run` and `make test` never need it.
+# (pytorch-metric-learning, the reference for evaluation; the test extra pins it too) is installed
+# once, and again only after pyproject.toml changed; `make run` never needs it.
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run_all.py
 

@@ -9,30 +9,43 @@ Each notebook receives the same three parameters (the parameter contract):
 and writes its executed copy to <run>/notebooks/. <run>/pipeline.json records which steps
 finished, so running the same command again skips them (training itself resumes from its last
 checkpoint); --force redoes them. A failing notebook stops the pipeline with the notebook's name,
-the failing cell and the error; everything written before stays, and so does the failed notebook.
+the failing cell and the error; a kernel that dies (killed, out of memory) stops it the same way.
+Everything written before stays, and so does the failed notebook; pipeline.json records the
+failed step with its notebook and message.
+
+A notebook run by hand or by plain papermill resolves its paths with `notebook_paths`: relative
+paths are relative to the kernel's working directory, and None picks the project's defaults
+(docs/usage.md, "The notebooks in JupyterLab").
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ibdml.config import ParamError, load_params
-from ibdml.report import build_report
-from ibdml.steps.rundir import prepare_run_dir, read_json, write_json
+from ibdml.steps.rundir import LOCK_HELD_ENV, prepare_run_dir, read_json, run_lock, write_json
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "ibdml"
+DEFAULT_PARAMS = "params/glyphs.yaml"  # a notebook's parameters file when none is given
 
 
 class PipelineError(RuntimeError):
     """A notebook of the pipeline failed; the message names it, the cell and the error."""
+
+
+class KernelDied(PipelineError):
+    """A notebook's kernel died (killed, out of memory); the message is one line: the notebook,
+    the cell, the executed notebook and the command that resumes."""
 
 
 @dataclass
@@ -79,19 +92,45 @@ def _claim(params_file: str | Path, run_dir: Path, overrides: dict[str, Any] | N
     prepare_run_dir(run_dir, p)
 
 
+def resume_command(command: str, params_file: str | Path, out: str | Path,
+                   overrides: dict[str, Any] | None, *extra: str) -> str:
+    """The shell command that runs `ibdml <command>` again with the same parameters and folder
+    (what a failure message tells the user to re-run)."""
+    words = ["ibdml", command, str(params_file)]
+    for key, value in (overrides or {}).items():
+        words += ["-p", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    return shlex.join([*words, "--out", str(out), *extra])
+
+
 def run_pipeline(params_file: str | Path, run_dir: str | Path,
                  overrides: dict[str, Any] | None = None, *, only: list[str] | None = None,
                  force: bool = False, notebook_dir: Path = NOTEBOOKS,
                  log: Callable[[str], None] = print) -> dict:
     """Execute the pipeline's notebooks into run_dir, then write <run>/report.html; returns the
-    pipeline state ({step: {status, seconds, finished}})."""
+    pipeline state ({step: {status, seconds, finished}}; a failed step: {status, seconds,
+    notebook, message})."""
+    from ibdml.report import build_report  # plotly: only once the notebooks have run
+
+    rerun = resume_command("run", params_file, run_dir, overrides,
+                           *(["--only", *only] if only else []))
     run_dir = Path(run_dir).resolve()
-    _claim(params_file, run_dir, overrides)
+    # One lock for the whole pipeline; its kernels write under it (docs/errors.md).
+    with run_lock(run_dir), _kernels_share_lock(run_dir):
+        _claim(params_file, run_dir, overrides)
+        parameters = {"params_file": str(Path(params_file).resolve()), "run_dir": str(run_dir),
+                      "overrides": dict(overrides or {})}
+        state = _run_steps(_select(steps(notebook_dir), only), run_dir, parameters, force,
+                           notebook_dir, log, rerun)
+        log(f"report: {build_report(run_dir)}")
+    return state
+
+
+def _run_steps(selected: list, run_dir: Path, parameters: dict[str, Any], force: bool,
+               notebook_dir: Path, log: Callable[[str], None], rerun: str) -> dict:
+    """Execute the selected steps in order, recording each in <run>/pipeline.json."""
     state_file = run_dir / "pipeline.json"
     state = read_json(state_file) if state_file.is_file() else {}
-    parameters = {"params_file": str(Path(params_file).resolve()), "run_dir": str(run_dir),
-                  "overrides": dict(overrides or {})}
-    for step in _select(steps(notebook_dir), only):
+    for step in selected:
         executed = run_dir / "notebooks" / f"{step.name}.ipynb"
         if state.get(step.name, {}).get("status") == "done" and executed.is_file() and not force:
             log(f"[{step.name}] done before, skipped (--force to redo)")
@@ -99,24 +138,41 @@ def run_pipeline(params_file: str | Path, run_dir: str | Path,
         log(f"[{step.name}] running → {executed}")
         start = time.time()
         try:
-            _execute(step.source, executed, parameters, notebook_dir)
-        except PipelineError:
-            state[step.name] = {"status": "failed", "seconds": round(time.time() - start, 1)}
+            _execute(step.source, executed, parameters, notebook_dir, rerun=rerun)
+        except PipelineError as e:
+            state[step.name] = {"status": "failed", "seconds": round(time.time() - start, 1),
+                                "notebook": str(executed), "message": str(e)}
             write_json(state_file, state)
             raise
         state[step.name] = {"status": "done", "seconds": round(time.time() - start, 1),
                             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json(state_file, state)
         log(f"[{step.name}] done in {state[step.name]['seconds']:.0f} s")
-    log(f"report: {build_report(run_dir)}")
     return state
 
 
-def _execute(source: Path, executed: Path, parameters: dict[str, Any],
-             notebook_dir: Path) -> None:
+@contextlib.contextmanager
+def _kernels_share_lock(run_dir: Path):
+    """The papermill kernels are this process's children: LOCK_HELD_ENV tells their steps that
+    the run folder's lock is held for them here (steps/rundir.run_lock). Restored after."""
+    before = os.environ.get(LOCK_HELD_ENV)
+    os.environ[LOCK_HELD_ENV] = str(run_dir)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(LOCK_HELD_ENV, None)
+        else:
+            os.environ[LOCK_HELD_ENV] = before
+
+
+def _execute(source: Path, executed: Path, parameters: dict[str, Any], notebook_dir: Path, *,
+             rerun: str | None = None) -> None:
     """Run one notebook with papermill into `executed`; a failing cell is a PipelineError naming
-    it (the executed notebook is kept)."""
+    it, a dead kernel a KernelDied naming the cell it was running (the executed notebook is kept
+    either way). `rerun`: the command that resumes, for the messages."""
     import papermill
+    from nbclient.exceptions import DeadKernelError  # papermill's execution engine
 
     executed.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -130,6 +186,28 @@ def _execute(source: Path, executed: Path, parameters: dict[str, Any],
             f"The executed notebook is kept for inspection: {executed}\n"
             "Outputs written so far are kept; fix the cause and run the same command again "
             "to resume.") from None
+    except DeadKernelError:
+        cell = _dying_cell(executed)
+        where = f"while running cell {cell}" if cell else "before it ran a cell"
+        again = f"`{rerun}`" if rerun else "the same command"
+        raise KernelDied(f"the kernel of {source.stem} died (killed or out of memory) {where}; "
+                         f"see {executed}; re-run {again} to resume") from None
+
+
+def _dying_cell(executed: Path) -> int | None:
+    """The number (In [N], counted over code cells) of the last cell papermill started in the
+    executed notebook, which it saves as each cell starts and once more when the kernel is gone;
+    None when no cell had started or the notebook cannot be read."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except (OSError, ValueError):  # missing, or not a notebook (NotJSONError is a ValueError)
+        return None
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    started = [n for n, c in enumerate(code, 1)
+               if c.metadata.get("papermill", {}).get("start_time")]
+    return started[-1] if started else None
 
 
 @contextlib.contextmanager
@@ -152,13 +230,15 @@ def run_claims_notebook(params_file: str | Path, study_dir: str | Path, seeds: l
                         log: Callable[[str], None] = print) -> Path:
     """`ibdml claims`: execute 05_claims (both variants × every seed, resuming what is done) into
     <study>/notebooks/05_claims.ipynb; returns <study>/claims.json."""
+    rerun = resume_command("claims", params_file, study_dir, overrides, "--seeds",
+                           *map(str, seeds))
     study_dir = Path(study_dir).resolve()
     source = notebook_dir / "05_claims.ipynb"
     executed = study_dir / "notebooks" / source.name
     log(f"[{source.stem}] running → {executed}")
     _execute(source, executed, {"params_file": str(Path(params_file).resolve()),
                                 "run_dir": str(study_dir), "overrides": dict(overrides or {}),
-                                "seeds": list(seeds)}, notebook_dir)
+                                "seeds": list(seeds)}, notebook_dir, rerun=rerun)
     return study_dir / "claims.json"
 
 
@@ -173,3 +253,53 @@ def stream_notebook_output() -> None:
     logger = logging.getLogger("papermill")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+
+
+# --- paths in a notebook run by hand (docs/usage.md, "The notebooks in JupyterLab") -----------
+
+
+def project_root(start: Path | None = None) -> Path | None:
+    """The project folder (the one holding params/ and notebooks/): the working directory or
+    the nearest folder above it that is one, else the checkout ibdml is imported from; None
+    when neither is."""
+    start = Path.cwd() if start is None else Path(start).resolve()
+    for folder in (start, *start.parents, NOTEBOOKS.parent):
+        if (folder / "params").is_dir() and (folder / "notebooks").is_dir():
+            return folder
+    return None
+
+
+def notebook_paths(params_file: str | Path | None, run_dir: str | Path | None,
+                   default_run_dir: str = "") -> tuple[Path, Path]:
+    """A notebook's (params_file, run_dir) as absolute paths, from its parameters cell.
+
+    Relative paths are relative to the kernel's working directory (papermill: where it was
+    started, or its --cwd; JupyterLab: the notebook's folder); a relative params_file that is
+    not there is also looked up in the project folder (`project_root`). Defaults (None):
+    run_dir → <project>/<default_run_dir> (default: outputs/<params file name>, as `ibdml run`);
+    params_file → the run folder's params.yaml when it has one (a notebook pointed at an
+    existing run takes that run's parameters), else <project>/params/glyphs.yaml.
+    """
+    root = project_root()
+    if run_dir is None:
+        if root is None:
+            raise ParamError(f"run_dir is not set and {Path.cwd()} is not inside the project "
+                             "(no params/ and notebooks/ above it): pass -p run_dir DIR")
+        name = Path(params_file).stem if params_file else Path(DEFAULT_PARAMS).stem
+        run_dir = root / (default_run_dir or f"outputs/{name}")
+    run = Path(run_dir).expanduser().resolve()
+    if params_file is None:
+        own = run / "params.yaml"
+        return (own if own.is_file() else _find_params(DEFAULT_PARAMS, root)), run
+    return _find_params(params_file, root), run
+
+
+def _find_params(params_file: str | Path, root: Path | None) -> Path:
+    path = Path(params_file).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path] + (
+        [root / path] if root is not None else [])
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ParamError(f"parameters file {params_file} does not exist (looked for "
+                     f"{' and '.join(map(str, candidates))}); pass one of params/*.yaml")

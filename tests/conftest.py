@@ -1,6 +1,12 @@
-"""Shared fixtures: one small Glyphs cache rendered once per test session."""
+"""Shared fixtures: one small Glyphs cache rendered once per test session. And one line at the
+end of the run when browser tests were skipped (tests/browser.py): what they need, and so how to
+turn them on."""
+
+from pathlib import Path
 
 import pytest
+
+BROWSER_HARNESS = "browser.py"  # tests/browser.py: require_browser() skips from there
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +42,32 @@ def interrupted_then_resumed(monkeypatch):
         train_module.train(p, run_dir, progress=False)
 
     return run
+
+
+def browser_skip_line(skipped_reports) -> str | None:
+    """The one line for the end of the run when browser tests were skipped, or None: how many,
+    and what they need (tests/browser.py's reason names the package or `apt-get install
+    chromium; or set $CHROMIUM`). With $CI set they fail instead, so nothing is skipped."""
+    reasons = []
+    for report in skipped_reports:
+        longrepr = getattr(report, "longrepr", None)
+        if isinstance(longrepr, tuple) and len(longrepr) == 3:
+            path, _, reason = longrepr
+            if Path(str(path)).name == BROWSER_HARNESS:
+                reasons.append(reason.removeprefix("Skipped: "))
+    if not reasons:
+        return None
+    needs = " / ".join(dict.fromkeys(r.removeprefix("browser test needs ") for r in reasons))
+    count = f"{len(reasons)} browser test{'s' if len(reasons) > 1 else ''}"
+    return f"{count} skipped; to run them, provide {needs}"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    """Outermost, so that the line comes after pytest's short test summary."""
+    try:
+        return (yield)
+    finally:
+        line = browser_skip_line(terminalreporter.stats.get("skipped", []))
+        if line:
+            terminalreporter.write_line(line, yellow=True, bold=True)

@@ -32,7 +32,7 @@ def test_labelled_sets_have_the_sizes_asked_for():
 
 
 def test_evaluate_agrees_with_pytorch_metric_learning_tiny(tmp_path):
-    pytest.importorskip("pytorch_metric_learning")  # CI installs only .[test]: skipped there
+    pytest.importorskip("pytorch_metric_learning")  # in the test extra: runs in `make test`
     out = tmp_path / "evaluate.json"
     assert evaluate_bench.main(["--tiny", "--json", str(out)]) == 0
     result = json.loads(out.read_text())

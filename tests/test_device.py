@@ -1,7 +1,7 @@
 """The GPU path, exercised on the CPU: autocast is a no-op on the CPU, bf16 autocast (on the CPU
 here) keeps the attention weights and the losses fp32 and lets a training step run, channels_last
 keeps the outputs, the loader is sized from the machine, cuDNN autotuning is scoped. No test
-needs a GPU."""
+needs a GPU, and every one holds whether or not one is visible."""
 
 from __future__ import annotations
 
@@ -224,8 +224,9 @@ def test_prepare_model_and_to_device_change_nothing_on_the_cpu():
 
 
 def test_search_device_is_the_gpu_when_one_is_visible(monkeypatch):
-    assert accel.search_device(CPU) == CPU  # this machine: no GPU
     assert accel.search_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # whatever this machine has
+    assert accel.search_device(CPU) == CPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert accel.search_device(CPU) == torch.device("cuda", 0)

@@ -48,10 +48,13 @@ DATA = {
 
 def search_path(monkeypatch, path: str) -> None:
     """Make the k-NN search underneath take one path: 'default' (what this machine does),
-    'small heaps' (the CPU heap self-search in blocks of 16 rows), or 'no faiss' (products and
-    top-k in blocks of 16 query rows against 160 reference rows)."""
+    'small heaps' (the CPU heap self-search in blocks of 16 rows, on the CPU even where a GPU is
+    visible), or 'no faiss' (products and top-k in blocks of 16 query rows against 160 reference
+    rows)."""
     if path == "small heaps":
         monkeypatch.setattr(retrieval, "_HEAP_BLOCK_ROWS", 16)
+        for module in ("ibdml.neighbourhoods", "ibdml.retrieval"):
+            monkeypatch.setattr(f"{module}.search_device", lambda device: device)
     elif path == "no faiss":
         monkeypatch.setattr(retrieval, "faiss_available", lambda: False)
         monkeypatch.setattr(retrieval, "_BLOCK_ENTRIES", 16 * 160)

@@ -1,23 +1,31 @@
 """The notebook pipeline on smoke parameters: every notebook runs under papermill and writes its
 JSON files; a second run skips finished steps; a bad parameter stops at the first notebook with
-the parameter's message and leaves earlier outputs intact; notebooks keep one contract."""
+the parameter's message and leaves earlier outputs intact; a dead kernel is a failed step with a
+one-line message; notebooks keep one contract, and run under plain papermill from the repository
+root or from notebooks/ with only `-p run_dir`."""
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 
-from ibdml.pipeline import NOTEBOOKS, PipelineError, run_pipeline, steps
+from ibdml import cli, pipeline
+from ibdml.config import ParamError
+from ibdml.pipeline import NOTEBOOKS, KernelDied, PipelineError, run_pipeline, steps
 from ibdml.report import build_report
 from ibdml.steps.rundir import RunFolderError
 
 # The parameters every notebook receives from the pipeline (docs/architecture.md).
 CONTRACT = ("params_file", "run_dir", "overrides")
 
-SMOKE = Path(__file__).parent.parent / "params" / "smoke.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "params" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +153,104 @@ def test_headless_kernels_never_see_the_calling_jupyter_session(tmp_path, monkey
     pipeline._execute(source, tmp_path / "out" / "probe.ipynb", {}, tmp_path)
     assert (tmp_path / "out" / "probe.ipynb").is_file()
     assert os.environ["JPY_SESSION_NAME"] == "/home/user/calling.ipynb"  # restored
+
+
+# --- a dead kernel (killed, out of memory) is a failed step ----------------------------------
+
+
+def notebook(path: Path, *sources: str) -> Path:
+    """A notebook with a parameters cell of the contract, then one code cell per source."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata.kernelspec = {"name": "ibdml", "display_name": "ibdml", "language": "python"}
+    parameters = nbformat.v4.new_code_cell('params_file = None\nrun_dir = None\noverrides = {}')
+    parameters.metadata.tags = ["parameters"]
+    nb.cells = [parameters, nbformat.v4.new_markdown_cell("dies"),
+                *map(nbformat.v4.new_code_cell, sources)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def test_a_killed_kernel_is_recorded_as_a_failed_step(tmp_path):
+    # A real kernel killed mid-cell (SIGKILL, as the out-of-memory killer sends).
+    notebooks = tmp_path / "notebooks"
+    notebook(notebooks / "01_dies.ipynb", "x = 1",
+             "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "never = True")
+    run = tmp_path / "run"
+    with pytest.raises(KernelDied) as e:
+        run_pipeline(SMOKE, run, {"epochs": 1}, notebook_dir=notebooks, log=lambda _: None)
+    executed = run.resolve() / "notebooks" / "01_dies.ipynb"
+    # cells: parameters, the injected parameters, x = 1, the kill: In [4]
+    assert str(e.value) == (
+        f"the kernel of 01_dies died (killed or out of memory) while running cell 4; see "
+        f"{executed}; re-run `ibdml run {SMOKE} -p epochs=1 --out {run}` to resume")
+    state = json.loads((run / "pipeline.json").read_text())["01_dies"]
+    assert state["status"] == "failed" and state["notebook"] == str(executed)
+    assert state["message"] == str(e.value)
+    assert executed.is_file()
+
+
+def test_the_cli_reports_a_dead_kernel_in_one_line_and_exits_2(tmp_path, monkeypatch, capsys,
+                                                               glyph_root):
+    # papermill's engine raises nbclient's DeadKernelError after saving the executed notebook.
+    from nbclient.exceptions import DeadKernelError
+
+    def dies_in_third_code_cell(source, executed, **kwargs):
+        nb = nbformat.read(notebook(Path(executed), "a = 1", "b = 2", "c = 3"), as_version=4)
+        for cell in nb.cells[:4]:  # the markdown cell counts for papermill, not for In [N]
+            cell.metadata.papermill = {"start_time": "2026-01-01T00:00:00"}
+        nbformat.write(nb, executed)
+        raise DeadKernelError("Kernel died")
+
+    step = pipeline.Step("02_evaluate", NOTEBOOKS / "02_evaluate.ipynb")
+    monkeypatch.setattr(pipeline, "steps", lambda notebook_dir: [step])
+    monkeypatch.setattr(pipeline, "stream_notebook_output", lambda: None)
+    monkeypatch.setattr(papermill, "execute_notebook", dies_in_third_code_cell)
+    run = tmp_path / "run"
+    data = f"data_root={glyph_root}"
+    argv = ["run", str(SMOKE), "-p", data, "--out", str(run), "--only", "02_evaluate"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "ibdml: error: the kernel of 02_evaluate died (killed or out of memory) while running "
+        "cell 3; see ")
+    assert f"re-run `ibdml run {SMOKE} -p {data} --out {run} --only 02_evaluate` to resume" in err
+    state = json.loads((run / "pipeline.json").read_text())["02_evaluate"]
+    assert state["status"] == "failed" and "cell 3" in state["message"]
+
+
+# --- plain papermill: paths relative to the working directory, defaults from the project -----
+
+
+def test_notebook_paths_resolve_from_any_working_directory(tmp_path, monkeypatch):
+    default_run = ROOT / "outputs" / "glyphs"  # its params.yaml once `make run` has made it
+    own = default_run / "params.yaml"
+    default_params = own if own.is_file() else ROOT / "params" / "glyphs.yaml"
+    tmp_path = tmp_path.resolve()
+    for cwd in (ROOT, ROOT / "notebooks", tmp_path):  # tmp_path: found from ibdml's location
+        monkeypatch.chdir(cwd)
+        assert pipeline.notebook_paths(None, None) == (default_params, default_run)
+        assert pipeline.notebook_paths("params/smoke.yaml", "r") == (SMOKE, cwd / "r")
+        assert pipeline.notebook_paths(None, None, "outputs/claims")[1] == ROOT / "outputs/claims"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "params.yaml").write_text("epochs: 1\n")
+    assert pipeline.notebook_paths(None, "run") == (run / "params.yaml", run)  # the run's own
+    with pytest.raises(ParamError, match="parameters file nope.yaml does not exist"):
+        pipeline.notebook_paths("nope.yaml", "run")
+
+
+@pytest.mark.parametrize("cwd", [ROOT, ROOT / "notebooks"], ids=["repository root", "notebooks"])
+def test_plain_papermill_with_only_run_dir(pipeline_run, tmp_path, cwd):
+    # The evaluation notebook on a trained run, as a user types it; run_dir relative to the cwd.
+    run = tmp_path / "run"
+    shutil.copytree(pipeline_run[0], run)
+    (run / "metrics.json").unlink()
+    executed = tmp_path / "out.ipynb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JPY_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "papermill", os.path.relpath(NOTEBOOKS / "02_evaluate.ipynb", cwd),
+         str(executed), "-p", "run_dir", os.path.relpath(run, cwd), "--no-progress-bar"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["recall_at_k"]["1"] >= 0
