@@ -73,8 +73,7 @@ def cmd_claims(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     p = load_params(args.params, args.override)  # before torch is imported: a bad value is quick
-    check_inputs(p)
-    from ibdml.steps.train import train
+    from ibdml.steps.train import train  # checks the data and weights before writing anything
 
     out = Path(args.out) if args.out else default_run_dir(args.params)
     summary = train(p, out, resume=not args.restart)

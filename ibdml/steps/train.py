@@ -23,10 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ibdml import device as devices
-from ibdml.config import Params, check_batch_shape
+from ibdml.config import Params
 from ibdml.data.folder import ImageDataset, Split
 from ibdml.data.loader import data_loader
-from ibdml.data.splits import load_splits
+from ibdml.data.check import check_run_inputs
 from ibdml.data.transforms import train_transform
 from ibdml.evaluation import evaluate_split, evaluate_test
 from ibdml.probes import Probes, make_probes, records_attention
@@ -48,16 +48,15 @@ def train(p: Params, run_dir: str | Path, *, resume: bool = True, progress: bool
     resume=False its checkpoints are removed first and training starts over. Holds the run
     folder's lock throughout: RunLocked when another process is writing it."""
     run_dir = Path(run_dir)
+    splits = check_run_inputs(p, progress)  # before params.yaml is written (docs/errors.md)
     with run_lock(run_dir):
-        return _train(p, prepare_run_dir(run_dir, p), resume, progress)
+        return _train(p, splits, prepare_run_dir(run_dir, p), resume, progress)
 
 
-def _train(p: Params, run_dir: Path, resume: bool, progress: bool) -> dict:
+def _train(p: Params, splits: dict[str, Split], run_dir: Path, resume: bool,
+           progress: bool) -> dict:
     device = devices.resolve_device(p.device)
-    splits = load_splits(p, progress=progress)
     train_split = splits["train"]
-    check_batch_shape(p, train_classes=train_split.num_classes,
-                      largest_class=int(torch.as_tensor(train_split.labels).bincount().max()))
     t = build_trainer(p, train_split, device)
     history = _resume(t, run_dir) if resume else _forget_checkpoints(run_dir)
     loader = data_loader(ImageDataset(train_split, train_transform(p)), p.num_workers, device,
