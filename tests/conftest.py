@@ -71,3 +71,14 @@ def pytest_terminal_summary(terminalreporter):
         line = browser_skip_line(terminalreporter.stats.get("skipped", []))
         if line:
             terminalreporter.write_line(line, yellow=True, bold=True)
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for the session's tests (2 CPUs, no dashboard): starting one takes seconds.
+    ibdml.cluster.ray_session uses a Ray the process has started, and leaves it running."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()

@@ -14,9 +14,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -360,6 +362,44 @@ def _(env, mp):
     env.later.append(lambda: (holder.stdin.close(), holder.wait(30)))
     assert holder.stdout.readline() == "held\n"
     return ["train", *env.base(), "--out", str(env.run())]
+
+
+# --- many runs ---------------------------------------------------------------------------------
+
+
+def search_args(env: Env, *extra: str) -> list[str]:
+    space = env.tmp / "space.yaml"
+    space.write_text("lr: {loguniform: [1.0e-4, 1.0e-2]}\nepochs: 1\n")
+    return ["sweep", SMOKE, "-p", f"data_root={env.glyph_root}", "--space", str(space),
+            "--trials", "2", "--out", str(env.tmp / "search"), *extra]
+
+
+@case("ray-unreachable", "cannot reach a Ray cluster at 127.0.0.1:", "ray start --head",
+      "leave out --address")
+def _(env, mp):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    return search_args(env, "-p", "val_fraction=0.25", "--address", f"127.0.0.1:{port}")
+
+
+@case("search-without-validation", "a search selects on a validation split",
+      "set val_fraction > 0")
+def _(env, mp):
+    return search_args(env)
+
+
+@case("search-other-settings", "/search holds a search with other settings (trials_requested",
+      "run the same command to resume it, or give another --out")
+def _(env, mp):
+    argv = search_args(env, "-p", "val_fraction=0.25")
+    (env.tmp / "search").mkdir()
+    (env.tmp / "search" / "search.json").write_text(json.dumps({
+        "params_file": SMOKE, "overrides": {"data_root": str(env.glyph_root),
+                                            "val_fraction": 0.25},
+        "space": {"epochs": 1, "lr": {"loguniform": [1e-4, 1e-2]}}, "trials_requested": 8,
+        "scheduler": "asha", "metric": "val map_at_r", "trials": [], "chosen": None}))
+    return argv
 
 
 @case("ctrl-c", "interrupted", "run the same command again to resume", code=130, trains=True)
