@@ -1,9 +1,12 @@
 """The `ibdml` command.
 
     ibdml run PARAMS [-p key=value ...] [--out DIR] [--only NOTEBOOK ...] [--force]
-    ibdml train PARAMS [-p key=value ...] [--out DIR] [--restart]
+    ibdml train PARAMS [-p key=value ...] [--out DIR] [--restart] [--nproc G]
     ibdml evaluate RUN_DIR
-    ibdml claims PARAMS [-p key=value ...] [--out DIR] [--seeds S ...]   (notebooks/05_claims)
+    ibdml claims PARAMS [-p key=value ...] [--out DIR] [--seeds S ...] [--address ADDR]
+                                                                 (notebooks/05_claims)
+    ibdml sweep PARAMS --space SPACE.yaml --trials N --out DIR [-p key=value ...]
+                [--address ADDR] [--cpus-per-trial C] [--gpus-per-trial G] [--scheduler asha|none]
     ibdml check-data DATASET ROOT [--no-verify]   (exit 0: ready; 1: problems found)
     ibdml params            (the parameter table)
 """
@@ -30,14 +33,16 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message already says what to do: printed, no traceback. Imported only when
     an error is met, so that `ibdml --help` and `ibdml params` never import torch."""
     from ibdml.backbone import WeightsError
+    from ibdml.cluster import ClusterError
     from ibdml.data.folder import DatasetError
     from ibdml.data.glyph_classes import GlyphsError
     from ibdml.pipeline import PipelineError
     from ibdml.steps.rundir import RunFolderError
+    from ibdml.steps.sweep import SweepError
     from ibdml.trainer import TrainingDiverged
 
     return (ParamError, RunFolderError, DatasetError, GlyphsError, WeightsError,
-            TrainingDiverged, FileNotFoundError, PipelineError)
+            TrainingDiverged, FileNotFoundError, PipelineError, ClusterError, SweepError)
 
 
 def default_run_dir(params_file: str) -> Path:
@@ -66,18 +71,42 @@ def cmd_claims(args: argparse.Namespace) -> None:
     check_inputs(load_params(args.params, overrides))
     from ibdml.pipeline import run_claims_notebook, stream_notebook_output
 
+    if args.address:
+        from ibdml.cluster import check_reachable
+
+        check_reachable(args.address)  # before the notebook starts
     stream_notebook_output()
-    path = run_claims_notebook(args.params, Path(args.out), args.seeds, overrides)
+    path = run_claims_notebook(args.params, Path(args.out), args.seeds, overrides,
+                               address=args.address)
     print(f"wrote {path}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    p = load_params(args.params, args.override)  # before torch is imported: a bad value is quick
+def cmd_sweep(args: argparse.Namespace) -> None:
+    overrides = dict(parse_override(o) for o in args.override)
+    load_params(args.params, overrides)  # a bad value is quick: before Ray or torch
+    from ibdml.steps.sweep import run_sweep
+
+    run_sweep(args.params, args.space, args.trials, args.out, overrides=overrides,
+              address=args.address, cpus_per_trial=args.cpus_per_trial,
+              gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler)
+
+
+def cmd_train(args: argparse.Namespace) -> int | None:
+    nproc = [] if args.nproc is None else [f"nproc={args.nproc}"]  # --nproc G = -p nproc=G
+    p = load_params(args.params, args.override + nproc)  # before torch: a bad value is quick
+    from ibdml.distributed import WorkerFailed, job_world
     from ibdml.steps.train import train  # checks the data and weights before writing anything
 
     out = Path(args.out) if args.out else default_run_dir(args.params)
-    summary = train(p, out, resume=not args.restart)
-    print(f"trained {summary['epochs']} epochs into {out}")
+    try:
+        summary = train(p, out, resume=not args.restart)
+    except WorkerFailed as e:  # its traceback is logged above by the launcher
+        print(f"ibdml: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    world = job_world()  # under torchrun every rank runs this command: rank 0 reports
+    if world is None or world.is_main:
+        print(f"trained {summary['epochs']} epochs into {out}")
+    return None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -121,15 +150,11 @@ def parser() -> argparse.ArgumentParser:
                     "outputs/claims): one run folder per variant and seed")
     cl.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S",
                     help="seeds (default 0 1 2)")
+    cl.add_argument("--address", metavar="ADDR", help="join the Ray cluster at ADDR "
+                    "(host:port of `ray start --head`); default: a local Ray on this machine")
     cl.set_defaults(func=cmd_claims)
-    t = sub.add_parser("train", help="train a run from a parameters file")
-    t.add_argument("params", help="parameters YAML file, e.g. params/glyphs.yaml")
-    t.add_argument("-p", dest="override", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter (repeatable), e.g. -p epochs=3")
-    t.add_argument("--out", help="run folder (default outputs/<params file name>)")
-    t.add_argument("--restart", action="store_true",
-                   help="ignore an existing checkpoint in the run folder and train from scratch")
-    t.set_defaults(func=cmd_train)
+    _sweep_parser(sub)
+    _train_parser(sub)
     e = sub.add_parser("evaluate", help="evaluate a trained run; writes metrics.json")
     e.add_argument("run_dir")
     e.set_defaults(func=cmd_evaluate)
@@ -143,6 +168,51 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("params", help="print the parameter table").set_defaults(
         func=lambda a: print(params_markdown()))
     return ap
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
+    return int(text)
+
+
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    """`ibdml sweep`: a random search on Ray Tune (steps/sweep.py, docs/scale-out.md)."""
+    sw = sub.add_parser("sweep", help="random search on Ray Tune, selected on a validation "
+                        "split; each trial is a run folder (docs/scale-out.md)")
+    sw.add_argument("params", help="parameters YAML file every trial starts from")
+    sw.add_argument("--space", required=True, help="search space YAML, e.g. "
+                    "params/search/glyphs.yaml")
+    sw.add_argument("--trials", required=True, type=_positive, metavar="N",
+                    help="trials to sample")
+    sw.add_argument("--out", required=True, help="search folder: trials/, search.json, best.yaml")
+    sw.add_argument("-p", dest="override", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a parameter of every trial (repeatable)")
+    sw.add_argument("--address", metavar="ADDR", help="join the Ray cluster at ADDR (host:port "
+                    "of `ray start --head`); default: a local Ray on this machine")
+    sw.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C",
+                    help="CPUs each trial asks for (default 1)")
+    sw.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="G",
+                    help="GPUs each trial asks for (default 0)")
+    sw.add_argument("--scheduler", choices=("asha", "none"), default="asha",
+                    help="asha: stop trials that trail on validation MAP@R (default); none: "
+                    "run every trial to the end")
+    sw.set_defaults(func=cmd_sweep)
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    """`ibdml train`; --nproc G trains one run on G processes (steps/train.py)."""
+    t = sub.add_parser("train", help="train a run from a parameters file")
+    t.add_argument("params", help="parameters YAML file, e.g. params/glyphs.yaml")
+    t.add_argument("-p", dest="override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter (repeatable), e.g. -p epochs=3")
+    t.add_argument("--out", help="run folder (default outputs/<params file name>)")
+    t.add_argument("--restart", action="store_true",
+                   help="ignore an existing checkpoint in the run folder and train from scratch")
+    t.add_argument("--nproc", type=int, metavar="G",
+                   help="train on G processes (devices) with torch.distributed, each on whole "
+                   "batches (same as -p nproc=G); under torchrun the job decides")
+    t.set_defaults(func=cmd_train)
 
 
 def one_line(e: BaseException) -> str:

@@ -113,6 +113,8 @@ class Params:
     seed: int = _p(0, "Seed of initialisation, sampling and augmentation.", lo=0)
     device: str = _p("auto", "auto = CUDA when present, else CPU.",
                      choices=("auto", "cpu", "cuda"))
+    nproc: int = _p(1, "Processes (devices) one training run uses (DDP); each takes whole "
+                    "n_c × n_s batches; one optimiser step sees nproc batches.", lo=1)
     num_workers: int = _p(-1, "DataLoader workers; -1 = sized from the machine.", lo=-1, hi=64)
     amp: bool = _p(True, "On a GPU: bf16 autocast, with the attention softmax and the losses in "
                    "fp32 (no effect on the CPU, which always runs fp32).")

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ibdml.config import ParamError, load_params
-from ibdml.steps.rundir import LOCK_HELD_ENV, prepare_run_dir, read_json, run_lock, write_json
+from ibdml.steps.rundir import (lock_held_for_children, prepare_run_dir, read_json, run_lock,
+                                write_json)
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL = "ibdml"
@@ -114,8 +115,9 @@ def run_pipeline(params_file: str | Path, run_dir: str | Path,
     rerun = resume_command("run", params_file, run_dir, overrides,
                            *(["--only", *only] if only else []))
     run_dir = Path(run_dir).resolve()
-    # One lock for the whole pipeline; its kernels write under it (docs/errors.md).
-    with run_lock(run_dir), _kernels_share_lock(run_dir):
+    # One lock for the whole pipeline; its kernels, this process's children, write under it
+    # (docs/errors.md).
+    with run_lock(run_dir), lock_held_for_children(run_dir):
         _claim(params_file, run_dir, overrides)
         parameters = {"params_file": str(Path(params_file).resolve()), "run_dir": str(run_dir),
                       "overrides": dict(overrides or {})}
@@ -149,21 +151,6 @@ def _run_steps(selected: list, run_dir: Path, parameters: dict[str, Any], force:
         write_json(state_file, state)
         log(f"[{step.name}] done in {state[step.name]['seconds']:.0f} s")
     return state
-
-
-@contextlib.contextmanager
-def _kernels_share_lock(run_dir: Path):
-    """The papermill kernels are this process's children: LOCK_HELD_ENV tells their steps that
-    the run folder's lock is held for them here (steps/rundir.run_lock). Restored after."""
-    before = os.environ.get(LOCK_HELD_ENV)
-    os.environ[LOCK_HELD_ENV] = str(run_dir)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(LOCK_HELD_ENV, None)
-        else:
-            os.environ[LOCK_HELD_ENV] = before
 
 
 def _execute(source: Path, executed: Path, parameters: dict[str, Any], notebook_dir: Path, *,
@@ -226,19 +213,21 @@ def _no_jupyter_session():
 
 def run_claims_notebook(params_file: str | Path, study_dir: str | Path, seeds: list[int],
                         overrides: dict[str, Any] | None = None, *,
-                        notebook_dir: Path = NOTEBOOKS,
+                        address: str | None = None, notebook_dir: Path = NOTEBOOKS,
                         log: Callable[[str], None] = print) -> Path:
-    """`ibdml claims`: execute 05_claims (both variants × every seed, resuming what is done) into
+    """`ibdml claims`: execute 05_claims (both variants × every seed as Ray tasks, on a local Ray
+    or the cluster at `address`, resuming what is done) into
     <study>/notebooks/05_claims.ipynb; returns <study>/claims.json."""
     rerun = resume_command("claims", params_file, study_dir, overrides, "--seeds",
-                           *map(str, seeds))
+                           *map(str, seeds), *(["--address", address] if address else []))
     study_dir = Path(study_dir).resolve()
     source = notebook_dir / "05_claims.ipynb"
     executed = study_dir / "notebooks" / source.name
     log(f"[{source.stem}] running → {executed}")
     _execute(source, executed, {"params_file": str(Path(params_file).resolve()),
                                 "run_dir": str(study_dir), "overrides": dict(overrides or {}),
-                                "seeds": list(seeds)}, notebook_dir, rerun=rerun)
+                                "seeds": list(seeds), "address": address}, notebook_dir,
+             rerun=rerun)
     return study_dir / "claims.json"
 
 

@@ -8,21 +8,28 @@ equals training 1 and resuming for 1. Nothing here touches a file.
 On a GPU the network runs as device.py decides: bf16 autocast (unless amp: false), channels_last,
 pinned asynchronous copies; and the losses are read back in blocks of steps, not every step (see
 `train_epoch`). On the CPU all of this is off and the numbers are those of plain fp32.
+
+On G processes (distributed.py, docs/scale-out.md) the model is wrapped in
+DistributedDataParallel: each rank runs whole batches of its own (data/sampler.py), the backward
+all-reduces the gradients to their mean over the ranks, and every rank takes the same optimiser
+step. One process (G = 1) runs exactly as before, with no wrapper and no extra random draws.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ibdml import device as devices
 from ibdml.config import Params
 from ibdml.data.folder import Split
 from ibdml.data.sampler import ClassBalancedBatchSampler
+from ibdml.distributed import World, mean_over_ranks, rank_seed
 from ibdml.losses import intra_batch_loss
 from ibdml.model import IntraBatchModel, build_model
 from ibdml.seeding import rng_state, seed_everything, set_rng_state
@@ -47,10 +54,19 @@ class Trainer:
     sampler: ClassBalancedBatchSampler
     epoch: int = 0  # completed epochs
     best: float = -math.inf  # best selection R@1 so far
+    world: World = field(default_factory=World)  # the processes training together
+    replicated: nn.Module | None = None  # G > 1: the DDP wrapper of `model` the forward runs in
+
+    @property
+    def network(self) -> nn.Module:
+        """What a training step runs: the DDP wrapper on several processes, else the model."""
+        return self.model if self.replicated is None else self.replicated
 
     def state_dict(self) -> dict:
         """Tensors and plain Python values only (seeding.rng_state, the sampler's ints), so that
-        a checkpoint of it loads with torch.load(weights_only=True)."""
+        a checkpoint of it loads with torch.load(weights_only=True). The model's keys are the
+        unwrapped model's whatever the number of processes: evaluation and resume load it as
+        they load a one-process run's."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
                 "epoch": self.epoch, "best": self.best, "rng": rng_state()}
@@ -64,7 +80,18 @@ class Trainer:
         set_rng_state(state["rng"])
 
 
-def build_trainer(p: Params, train: Split, device: torch.device) -> Trainer:
+def build_trainer(p: Params, train: Split, device: torch.device,
+                  world: World = World()) -> Trainer:
+    """The model, optimiser, schedule and sampler of a run, seeded by p.seed.
+
+    On G = world.size processes (docs/scale-out.md), every rank builds the same model (same
+    seed; DDP also copies rank 0's weights to the others), takes its share of each epoch's
+    batches and trains the model wrapped in DistributedDataParallel. Then one optimiser step
+    sees G batches of n_c × n_s (an effective batch of G·n_c·n_s images, each batch its own MPN
+    graph), DDP averages the gradients, so `lr` is the step size of that averaged gradient, and
+    an epoch has G times fewer steps. lr is not scaled with G: that is the user's choice (the
+    linear scaling rule, lr × G, is a common starting point). BatchNorm normalises each batch on
+    its own rank; its running statistics are rank 0's (DDP broadcasts them every step)."""
     seed_everything(p.seed)
     model = devices.prepare_model(build_model(p, train.num_classes), device)  # CUDA: channels_last
     params = [w for w in model.parameters() if w.requires_grad]  # the BN-neck bias stays frozen
@@ -72,8 +99,22 @@ def build_trainer(p: Params, train: Split, device: torch.device) -> Trainer:
                                   decoupled_weight_decay=True)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, p.lr_milestones, p.lr_gamma)
     sampler = ClassBalancedBatchSampler(train.labels, p.n_c, p.n_s, seed=p.seed,
-                                        batch_shape=p.batch_shape)
-    return Trainer(model, optimizer, scheduler, sampler)
+                                        batch_shape=p.batch_shape, rank=world.rank,
+                                        world_size=world.size)
+    t = Trainer(model, optimizer, scheduler, sampler, world=world)
+    if world.size > 1:
+        t.replicated = _replicate(model, p, device)
+    return t
+
+
+def _replicate(model: IntraBatchModel, p: Params, device: torch.device) -> nn.Module:
+    """`model` in DistributedDataParallel. With loss_heads: backbone the MPN never runs, so DDP
+    must look for parameters that got no gradient (find_unused_parameters)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    unused = model.mpn is not None and p.loss_heads != "both"
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=unused)
 
 
 def train_epoch(t: Trainer, loader: Iterable, p: Params, device: torch.device,
@@ -89,9 +130,15 @@ def train_epoch(t: Trainer, loader: Iterable, p: Params, device: torch.device,
     the CPU, and up to _GPU_READ_EVERY − 1 steps later on a GPU; either way TrainingDiverged names
     the step where it appeared, and the in-memory weights are abandoned: the last good
     checkpoint is kept.
+
+    On several processes (t.world), each rank runs its own batches through the DDP wrapper; its
+    global generators are reseeded every epoch from (seed, rank, epoch) so that the ranks draw
+    different augmentations; the returned means are over every rank's batches.
     """
-    t.model.train()
+    t.network.train()
     t.sampler.set_epoch(t.epoch)
+    if t.world.size > 1:
+        seed_everything(rank_seed(p.seed, t.world, t.epoch))
     bf16 = devices.bf16_override(p.amp)  # amp: bf16 on CUDA only; amp: false: fp32
     read_every = 1 if device.type == "cpu" else _GPU_READ_EVERY
     sums, steps, pending = {}, 0, []
@@ -100,7 +147,7 @@ def train_epoch(t: Trainer, loader: Iterable, p: Params, device: torch.device,
         images = devices.to_device(images, device)  # [N, 3, S, S], channels_last on CUDA
         labels = labels.to(device, non_blocking=True)
         with devices.autocast(device, bf16):
-            out = t.model(images, run_mpn=p.loss_heads == "both")
+            out = t.network(images, run_mpn=p.loss_heads == "both")
         loss, parts = intra_batch_loss(out, labels, smoothing=p.label_smoothing,
                                        temperature=p.temperature)
         pending.append({"total": loss.detach(), **parts})
@@ -112,7 +159,8 @@ def train_epoch(t: Trainer, loader: Iterable, p: Params, device: torch.device,
         t.optimizer.step()
     if pending:
         steps = _read_losses(pending, sums, steps, t, p)
-    return {k: v / steps for k, v in sums.items()}
+    means = {k: v / steps for k, v in sums.items()}
+    return means if t.world.size == 1 else mean_over_ranks(means, device)
 
 
 def _read_losses(pending: list[dict[str, torch.Tensor]], sums: dict[str, float], steps: int,

@@ -64,3 +64,36 @@ def test_divisor_shapes_redraw_keeps_batch_size():
 def test_divisors_needs_composite_batch():
     with pytest.raises(ValueError, match="divisor"):
         ClassBalancedBatchSampler(labels_with_sizes([10] * 5), 1, 3, batch_shape="divisors")
+
+
+def test_ranks_take_interleaved_whole_batches_in_equal_numbers():
+    """G processes share an epoch (docs/scale-out.md): rank r takes batches r, r+G, …, cut so
+    that every rank takes floor(batches / G); no batch is split or taken twice."""
+    labels = labels_with_sizes([30] * 7)
+    whole = ClassBalancedBatchSampler(labels, 3, 5, seed=5)
+    for epoch in (0, 1):
+        whole.set_epoch(epoch)
+        batches = list(whole)
+        assert len(batches) == 17  # 7 classes × (30 // 5 + 1) = 49 chunks, topped up to 17 × 3
+        for world in (2, 4):
+            ranks = [ClassBalancedBatchSampler(labels, 3, 5, seed=5, rank=r, world_size=world)
+                     for r in range(world)]
+            shares = []
+            for s in ranks:
+                s.set_epoch(epoch)
+                shares.append(list(s))
+            share = len(batches) // world
+            assert [len(s) for s in ranks] == [share] * world
+            assert all(shares[r] == batches[r::world][:share] for r in range(world))
+            taken = [i for r in range(world) for i in range(r, share * world, world)]
+            assert sorted(taken) == list(range(share * world))  # disjoint, none left out early
+            assert all(len(b) == 15 for s in shares for b in s)  # whole n_c × n_s batches
+
+
+def test_too_many_ranks_for_an_epoch_is_refused():
+    labels = labels_with_sizes([10] * 4)  # 4 × 3 chunks of 4 = 12 chunks = 3 batches of 4 × 4
+    assert len(ClassBalancedBatchSampler(labels, 4, 4, rank=2, world_size=3)) == 1
+    with pytest.raises(ValueError, match="3 batches of 4 × 4, fewer than the 4 processes"):
+        ClassBalancedBatchSampler(labels, 4, 4, rank=0, world_size=4)
+    with pytest.raises(ValueError, match="rank 2 is not one of the 2"):
+        ClassBalancedBatchSampler(labels, 4, 4, rank=2, world_size=2)

@@ -123,7 +123,10 @@ def test_a_run_folder_may_move_its_data(tmp_path):
 
 def test_select_on_val_writes_best_checkpoint(glyph_root, tmp_path):
     p = smoke(glyph_root, epochs=2, val_fraction=0.25, select_on="val", n_c=4)
-    history = train(p, tmp_path / "run", progress=False)["history"]
+    rows = []
+    history = train(p, tmp_path / "run", progress=False, on_epoch=rows.append)["history"]
     assert all("val" in row for row in history)
+    assert not any("test" in row for row in history)  # test is evaluated once, at the end
+    assert rows == history  # on_epoch sees every new row
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     assert best["best"] == max(r["val"]["recall_at_k"]["1"] for r in history)

@@ -51,15 +51,18 @@ def recall_table(rows: dict[str, dict], ks: Sequence[int]) -> str:
 
 def history_table(history: list[dict]) -> str:
     """Markdown, one row per epoch of history.json: the losses (total, backbone head, MPN head),
-    learning rate, seconds, and test R@1 / MAP@R where the epoch was evaluated (– elsewhere, and
-    for a head the run does not train).
+    learning rate, seconds, and R@1 / MAP@R where the epoch was evaluated (– elsewhere, and
+    for a head the run does not train): on test, or on val for a run that selects on val (it
+    evaluates test only at the end, docs/protocol.md).
 
     Example row: | 3 | 2.104 | 1.050 | 1.054 | 0.0001 | 12 | 0.512 | 0.130 |"""
-    lines = ["| epoch | loss | backbone | MPN | lr | s | test R@1 | test MAP@R |", "|---" * 8 + "|"]
+    split = "test" if any("test" in r for r in history) or not history else "val"
+    lines = [f"| epoch | loss | backbone | MPN | lr | s | {split} R@1 | {split} MAP@R |",
+             "|---" * 8 + "|"]
     for r in history:
         losses = [r["loss"].get(head) for head in ("total", "backbone", "mpn")]
-        test = r.get("test")
-        scores = [test["recall_at_k"]["1"], test["map_at_r"]] if test else [None, None]
+        shown = r.get(split)
+        scores = [shown["recall_at_k"]["1"], shown["map_at_r"]] if shown else [None, None]
         cells = [MISSING if v is None else f"{v:.3f}" for v in losses + scores]
         lines.append(f"| {r['epoch']} | {' | '.join(cells[:3])} | {r['lr']:.2g} | "
                      f"{r['seconds']:.0f} | {' | '.join(cells[3:])} |")

@@ -168,6 +168,22 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
         lock.release()
 
 
+@contextlib.contextmanager
+def lock_held_for_children(run_dir: str | Path) -> Iterator[None]:
+    """Tell the processes started in the body (the pipeline's notebook kernels, a run's training
+    processes), which inherit this environment, that this process holds run_dir's lock for them
+    (LOCK_HELD_ENV); restored afterwards."""
+    before = os.environ.get(LOCK_HELD_ENV)
+    os.environ[LOCK_HELD_ENV] = str(Path(run_dir).resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(LOCK_HELD_ENV, None)
+        else:
+            os.environ[LOCK_HELD_ENV] = before
+
+
 def _held_by_parent(run_dir: Path) -> bool:
     held = os.environ.get(LOCK_HELD_ENV)
     return bool(held) and Path(held).resolve() == run_dir.resolve()
