@@ -1,6 +1,7 @@
 """Glyphs: the CE-only baseline and the MPN-trained backbone over several seeds, same budget,
 against raw-pixel k-NN and the untrained network. Prints a markdown table (mean ± std) and writes
-the per-run numbers to <out>/summary.json.
+the per-run numbers to <out>/summary.json. The runs are the claims study's (ibdml.steps.claims):
+Ray tasks, in parallel on this machine's cores, resumed when run again.
 
     .venv/bin/python bench/glyphs_seeds.py [--seeds 0 1 2] [--out outputs/glyphs-seeds] [-p key=value ...]
 """
@@ -10,31 +11,23 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
-from ibdml.config import load_params
-from ibdml.steps.evaluate import evaluate_run
-from ibdml.steps.train import train
+from ibdml.config import parse_override
+from ibdml.steps.claims import run_claims, run_dir_of
 
-VARIANTS = {"ce_only": {"mpn_layers": 0, "loss_heads": "backbone"}, "mpn": {}}
 ROWS = [("raw-pixel k-NN", "raw_pixels"), ("untrained backbone", "untrained"),
-        ("CE-only backbone (`mpn_layers: 0`)", "ce_only"), ("MPN-trained backbone", "mpn")]
+        ("CE-only backbone (`mpn_layers: 0`)", "ce"), ("MPN-trained backbone", "mpn")]
 
 
 def run_all(params_file: str, seeds: list[int], out: Path, overrides: list[str]) -> dict:
+    run_claims(params_file, out, seeds, dict(parse_override(o) for o in overrides))
     results: dict[str, list[dict]] = {key: [] for _, key in ROWS}
     for seed in seeds:
-        for name, variant in VARIANTS.items():
-            p = load_params(params_file, [*overrides, f"seed={seed}"])
-            p = load_params(None, {**p.to_dict(), **variant})
-            run_dir = out / f"{name}-seed{seed}"
-            start = time.time()
-            train(p, run_dir)
-            m = evaluate_run(run_dir)
-            m["wall_seconds"] = round(time.time() - start, 1)
-            results[name].append(m)
-            if name == "mpn":  # baselines depend on the seed only through the initialisation
+        for variant in ("ce", "mpn"):
+            m = json.loads((run_dir_of(out, variant, seed) / "metrics.json").read_text())
+            results[variant].append(m)
+            if variant == "mpn":  # baselines depend on the seed only through the initialisation
                 results["raw_pixels"].append(m["baselines"]["raw_pixels"])
                 results["untrained"].append(m["baselines"]["untrained"])
     return results

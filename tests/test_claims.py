@@ -45,6 +45,8 @@ def test_both_variants_ran_for_every_seed(study):
     executed = nbformat.read(outputs / "claims" / "notebooks" / "05_claims.ipynb", as_version=4)
     assert all(not any(o.get("output_type") == "error" for o in c.get("outputs", []))
                for c in executed.cells)
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "4 runs as Ray tasks (1 CPU, 0 GPU each)" in printed  # the study ran through Ray
 
 
 def test_claims_json_holds_each_claim_with_its_verdict(study):
@@ -100,4 +102,4 @@ def test_the_study_notebook_is_not_a_pipeline_step():
     names = [s.name for s in steps()]
     assert "05_claims" not in names and names[-1] == "04_attention_evolution"
     params = list(papermill.inspect_notebook(str(NOTEBOOKS / "05_claims.ipynb")))
-    assert params == [*CONTRACT, "seeds"]
+    assert params == [*CONTRACT, "seeds", "address"]

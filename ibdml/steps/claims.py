@@ -1,7 +1,9 @@
 """The claims study (paper claims 1–3; notebooks/05_claims): for every seed, train runs of each
 variant on the same budget (same parameters, epochs, batches and seed; only the model differs)
 into <study>/<variant>-seed<S>/, evaluate them as the pipeline does, and summarise them into
-<study>/claims.json with the statistics of ibdml.claims.
+<study>/claims.json with the statistics of ibdml.claims. The runs are Ray tasks
+(ibdml.cluster): in parallel on this machine's cores, or on a cluster with `address`; each run
+stays resumable on its own.
 
     ce    the CE-only baseline: mpn_layers 0, loss_heads backbone (no MPN anywhere)
     mpn   the method: backbone + MPN trained with both losses
@@ -16,9 +18,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ibdml.cluster import ray_session, run_tasks
 from ibdml.claims import (budget, claim3, comparison_rows, mean_std, paired, retrieval_metrics,
                           verdict)
 from ibdml.config import Params, load_params
+from ibdml.data.check import check_run_inputs
 from ibdml.paper import PAPER
 from ibdml.steps.attention import summarise_run
 from ibdml.steps.evaluate import evaluate_run
@@ -34,27 +38,32 @@ def run_dir_of(study_dir: Path, variant: str, seed: int) -> Path:
 
 
 def run_claims(params_file: str | Path, study_dir: str | Path, seeds: Sequence[int],
-               overrides: dict[str, Any] | None = None,
+               overrides: dict[str, Any] | None = None, *, address: str | None = None,
+               cpus_per_run: float = 1, gpus_per_run: float = 0,
                log: Callable[[str], None] = print) -> dict:
-    """Train and evaluate both variants for every seed (each resumes or skips what is done),
-    then summarise into <study>/claims.json. Returns the summary. Holds the study folder's lock
-    throughout and each run folder's while it works on it (steps/rundir.py): RunLocked when
+    """Train and evaluate both variants for every seed (each resumes or skips what is done) as
+    Ray tasks of `cpus_per_run` CPUs and `gpus_per_run` GPUs (a local Ray, or the cluster at
+    `address`), then summarise into <study>/claims.json. Returns the summary. Holds the study
+    folder's lock throughout, and each task its run folder's (steps/rundir.py): RunLocked when
     another process is writing one of them."""
     if len(seeds) < 1 or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, at least one (three for a spread), got {seeds}")
-    with run_lock(study_dir):
-        for seed in seeds:
-            for variant, changes in VARIANTS.items():
-                p = load_params(params_file, {**(overrides or {}), **changes, "seed": seed})
-                _run_variant(p, run_dir_of(study_dir, variant, seed), variant, log)
+    study_dir = Path(study_dir).resolve()
+    jobs = [(load_params(params_file, {**(overrides or {}), **changes, "seed": seed}),
+             run_dir_of(study_dir, variant, seed), variant)
+            for seed in seeds for variant, changes in VARIANTS.items()]
+    check_run_inputs(jobs[0][0], progress=False)  # the data, once, before the runs start
+    with run_lock(study_dir), ray_session(address):
+        log(f"{len(jobs)} runs as Ray tasks ({cpus_per_run:g} CPU, {gpus_per_run:g} GPU each)")
+        run_tasks(_run_variant, jobs, cpus=cpus_per_run, gpus=gpus_per_run)
         return summarise_claims(study_dir, seeds)
 
 
-def _run_variant(p: Params, run: Path, variant: str, log: Callable[[str], None]) -> None:
+def _run_variant(p: Params, run: Path, variant: str) -> None:
     """Train, evaluate and (the MPN variant) refine and summarise one run of the study, under its
-    lock, so that no other process writes the run between the steps."""
+    lock, so that no other process writes the run between the steps (a Ray task)."""
     with run_lock(run):
-        log(f"[{run.name}] training ({p.epochs} epochs)")
+        print(f"[{run.name}] training ({p.epochs} epochs)", flush=True)
         train(p, run, progress=False)
         if not (run / "metrics.json").is_file():
             evaluate_run(run, progress=False)
