@@ -21,6 +21,9 @@ JSON, under outputs/bench/, git-ignored):
                 folder, --pipeline-runs times (default 3, ~3.5 min each), each in a fresh
                 process: wall time of the whole command and each notebook step's seconds
                 (the Glyphs cache under data_root is built by the first run if it is cold)
+  scale-out     bench/scale_out.py: two Glyphs training runs as Ray tasks of 1 CPU each, in
+                parallel, against the same two one after the other; target: parallel /
+                sequential ≤ 0.6 on 2 cores
 Every figure in RESULTS.md is a median of the runs made here, and every ratio was measured
 within one process, the two sides alternating. The load average before and after each step is
 recorded: other work on the machine slows everything, and only a quiet machine gives figures
@@ -181,6 +184,10 @@ def bench_glyphs(out: Path, tiny: bool, runs: int) -> dict:
             "params": "params/glyphs.yaml" + (f" with {' '.join(overrides)}" if tiny else "")}
 
 
+def bench_scale_out(out: Path, tiny: bool) -> dict:
+    return run_script("scale_out", "scale_out.py", ["--tiny"] if tiny else [], out)
+
+
 def bench_pipeline(out: Path, tiny: bool, runs: int) -> dict:
     """`make run`'s command, `ibdml run PARAMS --out <fresh folder>`, `runs` times, each in a
     fresh process and a fresh temporary run folder (the Glyphs cache is shared, as for users)."""
@@ -292,6 +299,12 @@ def summary_table(results: dict) -> list[str]:
     if glyphs:
         lines.append(f"| Glyphs cache, cold render | {_s(glyphs.get('median_s'), 1)} | — | — "
                      "| — | — |")
+    scale = (results.get("scale_out") or {}).get("result")
+    if scale:
+        lines.append(f"| 2 Glyphs runs in parallel on Ray, 1 CPU each | "
+                     f"{_s(scale['parallel_median_s'], 0)} | one after the other "
+                     f"{_s(scale['sequential_median_s'], 0)} | {scale['ratio']:.2f}× | "
+                     f"≤ {scale['target']}× | {_met(scale['ratio'] <= scale['target'])} |")
     pipeline = results.get("pipeline") or {}
     if pipeline.get("median_s") is not None:
         lines.append(f"| `make run` (`ibdml run {pipeline['params']}`, wall time) | "
@@ -439,6 +452,28 @@ def glyphs_section(results: dict) -> list[str]:
         f"{first['images'] / glyphs['median_s']:.0f} images/s.", ""]
 
 
+def scale_out_section(results: dict) -> list[str]:
+    block = results.get("scale_out") or {}
+    lines = ["## Scale-out: many runs on Ray", ""]
+    scale = block.get("result")
+    if not block:
+        return []
+    if not scale:
+        return lines + ["Failed: see the log `outputs/bench/scale_out.txt`.", ""]
+    each = "; ".join(f"{a:.0f} s against {b:.0f} s" for a, b in
+                     zip(scale["times"]["parallel"], scale["times"]["sequential"]))
+    return lines + [
+        f"`bench/scale_out.py`: two Glyphs training runs (`params/glyphs.yaml`, seeds 0 and 1, "
+        f"{scale['epochs']} epochs, evaluated once at the end), trained as two Ray tasks of 1 CPU "
+        f"each on a local Ray started for them (its start and stop included), against the same "
+        f"two trained one after the other in one process with torch on "
+        f"{scale['torch_threads_sequential']} threads, on {scale['cores']} cores, the two sides "
+        f"alternating. Parallel **{scale['parallel_median_s']:.0f} s**, sequential "
+        f"**{scale['sequential_median_s']:.0f} s** (each pair: {each}): parallel / sequential "
+        f"**{scale['ratio']:.2f}** (target ≤ {scale['target']}).",
+        ""]
+
+
 def make_run_section(results: dict) -> list[str]:
     pipeline = results.get("pipeline") or {}
     lines = ["## `make run`", ""]
@@ -508,6 +543,7 @@ def render(results: dict) -> str:
         *mpn_inference_section(results),
         *glyphs_section(results),
         *make_run_section(results),
+        *scale_out_section(results),
     ]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -530,7 +566,7 @@ def all_ok(results: dict) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-STEP_NAMES = ("evaluate", "train_overhead", "mpn_inference", "glyphs", "pipeline")
+STEP_NAMES = ("evaluate", "train_overhead", "mpn_inference", "glyphs", "pipeline", "scale_out")
 
 
 def remeasure(args: argparse.Namespace, raw: Path, out: Path) -> int:
@@ -541,7 +577,8 @@ def remeasure(args: argparse.Namespace, raw: Path, out: Path) -> int:
            "train_overhead": lambda: bench_train_overhead(raw, args.tiny),
            "mpn_inference": lambda: bench_mpn_inference(raw, args.tiny, args.runs, args.mpn_sop),
            "glyphs": lambda: bench_glyphs(raw, args.tiny, args.runs),
-           "pipeline": lambda: bench_pipeline(raw, args.tiny, args.pipeline_runs or 1)}
+           "pipeline": lambda: bench_pipeline(raw, args.tiny, args.pipeline_runs or 1),
+           "scale_out": lambda: bench_scale_out(raw, args.tiny)}
     for name in args.steps:
         print(f"== {name}", flush=True)
         date = dt.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -604,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
              ("glyphs", lambda: bench_glyphs(raw, args.tiny, args.runs))]
     if args.pipeline_runs:
         steps.append(("pipeline", lambda: bench_pipeline(raw, args.tiny, args.pipeline_runs)))
-    assert [name for name, _ in steps] == list(STEP_NAMES[:len(steps)])
+    steps.append(("scale_out", lambda: bench_scale_out(raw, args.tiny)))
+    assert {name for name, _ in steps} <= set(STEP_NAMES)
     for name, step in steps:
         print(f"== {name}", flush=True)
         results[name] = step()

@@ -193,7 +193,12 @@ def _fake_results(pipeline):
                                                            "classes": 200, "image_size": 32}}
                                 for s in (6.0, 6.4, 5.9)],
                        "median_s": 6.0, "params": "params/glyphs.yaml"},
-            "pipeline": pipeline}
+            "pipeline": pipeline,
+            "scale_out": {"run": _run(), "result": {
+                "runs": 2, "epochs": 4, "tiny": False, "cores": 2, "torch_threads_sequential": 2,
+                "times": {"sequential": [300.0], "parallel": [165.0]},
+                "sequential_median_s": 300.0, "parallel_median_s": 165.0, "ratio": 0.55,
+                "target": 0.6}}}
 
 
 def _fake_pipeline():
@@ -241,6 +246,8 @@ def test_results_markdown_reports_what_was_measured_and_the_targets():
     assert "01_train 162.0 s, 02_evaluate 12.0 s" in text
     assert "0.10 → 0.20" in text  # load averages recorded
     assert "evaluate 0.2 of 2" in text  # and the CPU time other processes took
+    assert rows["2 Glyphs runs in parallel on Ray, 1 CPU each"].endswith("| 0.55× | ≤ 0.6× | **yes** |")
+    assert "parallel / sequential **0.55**" in text.split("## Scale-out")[1]
 
 
 def test_results_markdown_without_pml_or_pipeline():
