@@ -467,8 +467,8 @@ def scale_out_section(results: dict) -> list[str]:
         f"{scale['epochs']} epochs, evaluated once at the end), trained as two Ray tasks of 1 CPU "
         f"each on a local Ray started for them (its start and stop included), against the same "
         f"two trained one after the other in one process with torch on "
-        f"{scale['torch_threads_sequential']} threads, on {scale['cores']} cores, the two sides "
-        f"alternating. Parallel **{scale['parallel_median_s']:.0f} s**, sequential "
+        f"{scale['torch_threads_sequential']} threads, on {scale['cores']} cores (sequential first, "
+        f"then parallel, in each of {len(scale['times']['parallel'])} round(s)). Parallel **{scale['parallel_median_s']:.0f} s**, sequential "
         f"**{scale['sequential_median_s']:.0f} s** (each pair: {each}): parallel / sequential "
         f"**{scale['ratio']:.2f}** (target ≤ {scale['target']}).",
         ""]

@@ -5,7 +5,7 @@ Two Glyphs training runs (params/glyphs.yaml, seeds 0 and 1, `--epochs` epochs e
               twice does), and
   parallel    as two Ray tasks of 1 CPU each on a local Ray started for them (ibdml.cluster:
               what `ibdml claims` and `ibdml sweep` do), Ray's start and stop included,
-each into fresh temporary run folders, the two sides alternating `--repeats` times. Prints the
+each into fresh temporary run folders: sequential then parallel, `--repeats` rounds. Prints the
 wall times and parallel / sequential; target ≤ 0.6 on 2 cores.
 
     .venv/bin/python bench/scale_out.py [--epochs 4] [--repeats 1] [--tiny] [--json FILE]

@@ -34,6 +34,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     an error is met, so that `ibdml --help` and `ibdml params` never import torch."""
     from ibdml.backbone import WeightsError
     from ibdml.cluster import ClusterError
+    from ibdml.distributed import WorkerFailed
     from ibdml.data.folder import DatasetError
     from ibdml.data.glyph_classes import GlyphsError
     from ibdml.pipeline import PipelineError
@@ -42,7 +43,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     from ibdml.trainer import TrainingDiverged
 
     return (ParamError, RunFolderError, DatasetError, GlyphsError, WeightsError,
-            TrainingDiverged, FileNotFoundError, PipelineError, ClusterError, SweepError)
+            TrainingDiverged, FileNotFoundError, PipelineError, ClusterError, SweepError,
+            WorkerFailed)  # a training process's error; its traceback was logged by the launcher
 
 
 def default_run_dir(params_file: str) -> Path:
@@ -91,22 +93,17 @@ def cmd_sweep(args: argparse.Namespace) -> None:
               gpus_per_trial=args.gpus_per_trial, scheduler=args.scheduler)
 
 
-def cmd_train(args: argparse.Namespace) -> int | None:
+def cmd_train(args: argparse.Namespace) -> None:
     nproc = [] if args.nproc is None else [f"nproc={args.nproc}"]  # --nproc G = -p nproc=G
     p = load_params(args.params, args.override + nproc)  # before torch: a bad value is quick
-    from ibdml.distributed import WorkerFailed, job_world
+    from ibdml.distributed import job_world
     from ibdml.steps.train import train  # checks the data and weights before writing anything
 
     out = Path(args.out) if args.out else default_run_dir(args.params)
-    try:
-        summary = train(p, out, resume=not args.restart)
-    except WorkerFailed as e:  # its traceback is logged above by the launcher
-        print(f"ibdml: error: {one_line(e)}", file=sys.stderr)
-        return 2
+    summary = train(p, out, resume=not args.restart)  # WorkerFailed: one line, as user_errors
     world = job_world()  # under torchrun every rank runs this command: rank 0 reports
     if world is None or world.is_main:
         print(f"trained {summary['epochs']} epochs into {out}")
-    return None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

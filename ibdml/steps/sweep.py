@@ -63,8 +63,8 @@ def run_sweep(params_file: str | Path, space_file: str | Path, trials: int, out:
                           gpus_per_trial).fit()
             # {trial id (its Ray folder's name): (sampled values, error or None)}
             outcomes = {Path(r.path).name: (r.config, _error(r)) for r in grid}
-        request["seconds"] = round(time.time() - start, 1)  # this call's search, not a resumed one's
-        return _summarise(out, request, outcomes, log)
+        seconds = round(time.time() - start, 1)  # this call's search, not a resumed one's
+        return _summarise(out, {**request, "seconds": seconds}, outcomes, log)
 
 
 def _base_params(params_file: str | Path, overrides: dict, space: Space) -> dict[str, Any]:
