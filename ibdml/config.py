@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from ibdml import strict_yaml
+
 # glyphs is rendered by ibdml; the paper's four benchmarks are read from the folders their
 # owners distribute (data/benchmarks.py), which users bring themselves.
 DATASETS = ("glyphs", "cub200", "cars196", "sop", "inshop")
@@ -96,6 +98,14 @@ class Params:
                                   "< 1); false = standard softmax.")
     mpn_concat_layers: bool = _p(False, "MPN classifier on the concatenation of all layer "
                                  "outputs (authors' Cars).")
+    mpn_attention: str = _p("dot", "How MPN nodes weigh each other: dot = learned dot-product "
+                            "attention (the method); uniform = every node receives the mean of "
+                            "the batch's values; self = each node only its own value (no message "
+                            "passing, same layers). The last two are ablations (docs/results.md).",
+                            choices=("dot", "uniform", "self"))
+    attention_scale: float = _p(1.0, "Multiplies the attention logits after the 1/√(D/H) "
+                                "scaling; > 1 makes attention sharper from the start.",
+                                lo=0.01, hi=100.0)
     # --- loss -------------------------------------------------------------------------------
     loss_heads: str = _p("both", "Losses: both = backbone + MPN (the method); backbone = aux "
                          "only (authors' SOP config; the MPN never runs).",
@@ -106,6 +116,8 @@ class Params:
     # --- optimisation -----------------------------------------------------------------------
     epochs: int = _p(12, "Training epochs.", lo=1, hi=1000)
     lr: float = _p(1e-3, "RAdam learning rate.", lo=1e-7, hi=1.0)
+    mpn_lr_multiplier: float = _p(1.0, "The MPN's learning rate is lr × this (the backbone's "
+                                  "is lr).", lo=0.01, hi=1000.0)
     weight_decay: float = _p(0.0, "Decoupled weight decay.", lo=0.0, hi=1.0)
     lr_milestones: list = _p([], "Epochs after which lr is multiplied by lr_gamma "
                              "(paper: [30, 50]).")
@@ -128,6 +140,9 @@ class Params:
                         "the validation split, or the best on test (optimistic).",
                         choices=("last", "val", "test"))
     nmi: bool = _p(True, "Compute NMI (seeded k-means, k = number of classes).")
+    kmeans: str = _p("sklearn", "NMI's k-means: sklearn = as the authors (KMeans, k-means++, "
+                     "n_init 10, max_iter 300), seeded; fast = one k-means++ start, 20 "
+                     "iterations (faiss when installed).", choices=("sklearn", "fast"))
     eval_batch_size: int = _p(256, "Batch size when embedding a split.", lo=1)
     # --- MPN at inference (paper claim 2; docs/method.md §8) ------------------------------------
     mpn_inference_k: int = _p(30, "MPN at inference: k of the reciprocal k-NN lists (authors: "
@@ -137,6 +152,9 @@ class Params:
     mpn_inference_alpha: float = _p(2 / 3, "MPN at inference: a member's half-k reciprocal set "
                                     "joins when more than this fraction of it is already in.",
                                     lo=0.01, hi=1.0)
+    mpn_inference_space: str = _p("last", "MPN at inference: the refined feature is the last "
+                                  "layer's output (docs/method.md §8.1) or the concatenation of "
+                                  "all layers' outputs.", choices=("last", "concat"))
     mpn_inference_gallery_space: str = _p("backbone", "MPN at inference on In-Shop: compare "
                                           "refined queries with backbone gallery features "
                                           "(authors) or with a gallery refined on its own "
@@ -248,47 +266,15 @@ def check_batch_shape(p: Params, *, train_classes: int, largest_class: int) -> N
                          f"more than {largest_class} images; use n_s ≤ {largest_class}")
 
 
-class _DuplicateKey(yaml.constructor.ConstructorError):
-    """A key given twice in one YAML mapping."""
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML would silently keep
-    the last, so a second `lr:` further down a parameters file would quietly win."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        first_line: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                continue
-            key = self.construct_object(key_node)
-            if key in first_line:
-                raise _DuplicateKey(None, None, f"{key} is given twice (first on line "
-                                    f"{first_line[key]}); keep one", key_node.start_mark)
-            first_line[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
-def _yaml_problem(e: yaml.YAMLError) -> tuple[str, str]:
-    """(' line N', the problem in words) of a YAML error; the line is the problem's."""
-    if not isinstance(e, yaml.MarkedYAMLError):  # a reader error: a character YAML refuses
-        return "", str(e).splitlines()[0]
-    line = f" line {e.problem_mark.line + 1}" if e.problem_mark else ""
-    context = f" ({e.context})" if e.context else ""
-    if context and e.context_mark and e.context_mark.line != e.problem_mark.line:
-        context = f" ({e.context} that starts on line {e.context_mark.line + 1})"
-    return line, f"{e.problem}{context}"
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """'key=value' → (key, YAML-parsed value): `epochs=3`, `lr_milestones=[30, 50]`."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ParamError(f"override -p {text!r} is not key=value, e.g. -p epochs=3")
     try:
-        return key.strip(), yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
+        return key.strip(), strict_yaml.load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ParamError(f"override -p {text!r}: the value is not YAML: {_yaml_problem(e)[1]}; "
+        raise ParamError(f"override -p {text!r}: the value is not YAML: {strict_yaml.problem(e)[1]}; "
                          "write a list as [30, 50], and quote a string: -p 'key=\"text\"'") from None
 
 
@@ -316,13 +302,13 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ParamError(f"parameters file {path} does not exist; pass one of params/*.yaml")
     try:
-        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        loaded = strict_yaml.load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:
         raise ParamError(f"parameters file {path} is not UTF-8 text ({e.reason} at byte "
                          f"{e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
-        line, problem = _yaml_problem(e)
-        fix = "" if isinstance(e, _DuplicateKey) else "; fix the YAML syntax there"
+        line, problem = strict_yaml.problem(e)
+        fix = "" if isinstance(e, strict_yaml.DuplicateKey) else "; fix the YAML syntax there"
         raise ParamError(f"parameters file {path}{line}: {problem}{fix}") from None
     if not isinstance(loaded, dict):
         raise ParamError(f"parameters file {path} must hold a mapping of key: value lines")
