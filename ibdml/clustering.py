@@ -1,8 +1,13 @@
 """Seeded k-means for NMI (docs/method.md §7.4): cluster the test embeddings into as many
 clusters as there are classes, then compare clusters and classes (`metrics.py`).
 
-The authors ran sklearn's KMeans unseeded (k-means++ start), so their NMI varied between runs;
-here the seed is fixed and the same call gives the same clusters.
+Two methods (the `kmeans` parameter):
+- "sklearn": the authors' settings, sklearn KMeans(init="k-means++", n_init=10, max_iter=300,
+  tol=1e-4). The authors ran it unseeded, so their NMI varied between runs; here it is seeded.
+- "fast": one k-means++ start and 20 iterations, with faiss when installed: the only practical
+  choice at SOP / In-Shop size (k ≈ 11k to 8k clusters of ~5 points), where 10 sklearn starts
+  would take hours. It gives other clusters than "sklearn", and usually a slightly different NMI.
+Either method gives the same clusters for the same seed.
 """
 
 from __future__ import annotations
@@ -13,25 +18,29 @@ import torch
 from ibdml.embeddings import as_embeddings
 from ibdml.retrieval import faiss_available
 
-# Largest k for which k-means starts from k-means++ centres (see `kmeans`).
+METHODS = ("sklearn", "fast")
+# Largest k for which the fast method starts faiss from k-means++ centres (see `kmeans`).
 _KMEANS_PP_MAX_K = 1024
 
 
-def kmeans(x, k: int, *, seed: int = 0, niter: int = 20) -> torch.Tensor:
+def kmeans(x, k: int, *, seed: int = 0, method: str = "sklearn", niter: int = 20) -> torch.Tensor:
     """Seeded k-means on the rows of x [N, D]; returns cluster ids [N] int64 (on the CPU).
 
-    Uses faiss.Kmeans when faiss is importable (fast enough for SOP's ~11k clusters), otherwise
-    sklearn's KMeans (one k-means++ start). Either is deterministic for a seed; the two do not
-    give the same clusters. For k ≤ 1024 (CUB, Cars: ~100 classes) faiss starts from k-means++
-    centres, as the authors' sklearn k-means did (§7.4): faiss's own random start split or
-    merged even well-separated clusters in most seeds tried. Above that, k-means++ would cost k
-    passes over the data (~45 s for SOP), so faiss's random start is kept.
+    method="sklearn" (default): sklearn KMeans(n_clusters=k, init="k-means++", n_init=10,
+    max_iter=300, tol=1e-4, random_state=seed), the authors' settings (§7.4); niter is unused.
+
+    method="fast": faiss.Kmeans when faiss is importable (fast enough for SOP's ~11k clusters),
+    otherwise sklearn's KMeans with one k-means++ start and max_iter=niter. For k ≤ 1024 faiss
+    starts from k-means++ centres, as the authors' sklearn k-means did: faiss's own random start
+    split or merged even well-separated clusters in most seeds tried. Above that, k-means++ would
+    cost k passes over the data (~45 s for SOP), so faiss's random start is kept.
 
     Args:
         x: [N, D] finite floats (torch or numpy).
         k: number of clusters, 1 ≤ k ≤ N.
         seed: seeds the start (and faiss's or sklearn's own sampling).
-        niter: k-means iterations, ≥ 1.
+        method: "sklearn" or "fast".
+        niter: the fast method's iterations, ≥ 1.
 
     Example: two far-apart pairs of points fall into two clusters:
         >>> ids = kmeans(torch.tensor([[0.0, 0.0], [0.0, 0.1], [5.0, 5.0], [5.0, 5.1]]), 2)
@@ -41,24 +50,36 @@ def kmeans(x, k: int, *, seed: int = 0, niter: int = 20) -> torch.Tensor:
     x = as_embeddings(x, "x")
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= len(x):
         raise ValueError(f"k-means needs 1 ≤ k ≤ number of rows ({len(x)}), got k={k}.")
+    if method not in METHODS:
+        raise ValueError(f"k-means method {method!r}: use 'sklearn' (the authors' settings) or "
+                         "'fast' (one start, 20 iterations; SOP / In-Shop size).")
     if niter < 1:
         raise ValueError(f"niter must be ≥ 1, got {niter}.")
     data = x.cpu().numpy()
-    if faiss_available():
-        import faiss
+    if method == "sklearn":
+        return _sklearn_kmeans(data, k, seed, n_init=10, max_iter=300)
+    if not faiss_available():
+        return _sklearn_kmeans(data, k, seed, n_init=1, max_iter=niter)
+    import faiss
 
-        # NMI clusters into as many clusters as classes, with few points each (SOP: ~5), far below
-        # the 39 per centroid faiss asks for; min_points_per_centroid=1 silences that warning.
-        model = faiss.Kmeans(
-            data.shape[1], k, niter=niter, seed=seed, min_points_per_centroid=1, verbose=False
-        )
-        start = _kmeans_plus_plus(data, k, seed) if k <= _KMEANS_PP_MAX_K else None
-        model.train(data, init_centroids=start)
-        _, ids = model.index.search(data, 1)
-        return torch.from_numpy(ids[:, 0].astype(np.int64))
+    # NMI clusters into as many clusters as classes, with few points each (SOP: ~5), far below
+    # the 39 per centroid faiss asks for; min_points_per_centroid=1 silences that warning.
+    model = faiss.Kmeans(
+        data.shape[1], k, niter=niter, seed=seed, min_points_per_centroid=1, verbose=False
+    )
+    start = _kmeans_plus_plus(data, k, seed) if k <= _KMEANS_PP_MAX_K else None
+    model.train(data, init_centroids=start)
+    _, ids = model.index.search(data, 1)
+    return torch.from_numpy(ids[:, 0].astype(np.int64))
+
+
+def _sklearn_kmeans(data: np.ndarray, k: int, seed: int, *, n_init: int,
+                    max_iter: int) -> torch.Tensor:
+    """sklearn KMeans with k-means++ starts and tol 1e-4 (its default, the authors'): ids [N]."""
     from sklearn.cluster import KMeans  # imported here: sklearn costs ~1 s to import
 
-    model = KMeans(n_clusters=k, n_init=1, max_iter=niter, random_state=seed).fit(data)
+    model = KMeans(n_clusters=k, init="k-means++", n_init=n_init, max_iter=max_iter, tol=1e-4,
+                   random_state=seed).fit(data)
     return torch.from_numpy(model.labels_.astype(np.int64))
 
 

@@ -1,8 +1,9 @@
 """Evaluating a model: embed a split with the backbone, score it, and the two baselines.
 
 The test features are the L2-normalised backbone embeddings; the MPN is dropped (paper §3.4).
-Metrics come from one exact k-NN search (metrics.evaluate), or for In-Shop from its query →
-gallery search (metrics.evaluate_query_gallery, docs/method.md §7.3). A Glyphs run also records
+Metrics come from the per-query outcomes of one exact k-NN search (metrics.query_outcomes), or
+for In-Shop of its query → gallery search (gallery_metrics.query_gallery_outcomes, docs/method.md
+§7.3), summarised with their standard errors (metrics.summarise). A Glyphs run also records
 two baselines that any trained backbone must beat: k-NN on raw pixels, and the network as
 initialised (early epochs of a short run can dip below the untrained network: docs/datasets.md).
 Nothing here touches a run folder: steps/evaluate.py writes the results.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -21,7 +23,8 @@ from ibdml.data.folder import ImageDataset, Split
 from ibdml.data.loader import data_loader
 from ibdml.data.splits import test_split_names
 from ibdml.data.transforms import eval_transform
-from ibdml.metrics import evaluate, evaluate_query_gallery
+from ibdml.gallery_metrics import query_gallery_outcomes
+from ibdml.metrics import QueryOutcomes, query_outcomes, summarise
 from ibdml.model import IntraBatchModel, build_model
 from ibdml.retrieval import nearest_neighbours
 
@@ -54,28 +57,51 @@ def embed_split(model: IntraBatchModel, split: Split, p: Params,
 
 def evaluate_split(model: IntraBatchModel, split: Split, p: Params, device: torch.device,
                    *, nmi: bool) -> tuple[dict, torch.Tensor]:
-    """Metrics of the backbone on one split, and its embeddings."""
+    """Metrics of the backbone on one split (with standard errors), and its embeddings."""
     emb = embed_split(model, split, p, device)
-    return evaluate(emb, split.labels, p.recall_ks, nmi=nmi, seed=p.seed), emb
+    outcomes = query_outcomes(emb, split.labels, p.recall_ks, nmi=nmi, seed=p.seed,
+                              kmeans=p.kmeans)
+    return summarise(outcomes, seed=p.seed), emb
+
+
+def test_outcomes(features: dict[str, torch.Tensor], labels: dict[str, np.ndarray], p: Params,
+                  nmi: bool) -> QueryOutcomes:
+    """Per-query outcomes of the run's test protocol, from the test splits' features and labels
+    ({"test": ...} or In-Shop's {"query": ..., "gallery": ...}): the test split searched against
+    itself, or In-Shop's queries against its gallery."""
+    if "query" in features:
+        return query_gallery_outcomes(features["query"], labels["query"], features["gallery"],
+                                      labels["gallery"], p.recall_ks, nmi=nmi, seed=p.seed,
+                                      kmeans=p.kmeans)
+    return query_outcomes(features["test"], labels["test"], p.recall_ks, nmi=nmi, seed=p.seed,
+                          kmeans=p.kmeans)
 
 
 def test_metrics(features: dict[str, torch.Tensor], splits: dict[str, Split], p: Params,
                  nmi: bool) -> dict:
-    """metrics.json's keys for the run's test protocol, from the test splits' features: the test
-    split searched against itself, or In-Shop's queries against its gallery."""
-    if "query" in features:
-        return evaluate_query_gallery(features["query"], splits["query"].labels,
-                                      features["gallery"], splits["gallery"].labels,
-                                      p.recall_ks, nmi=nmi, seed=p.seed)
-    return evaluate(features["test"], splits["test"].labels, p.recall_ks, nmi=nmi, seed=p.seed)
+    """metrics.json's keys (standard errors included) for the run's test protocol, from the test
+    splits' features."""
+    labels = {name: splits[name].labels for name in features}
+    return summarise(test_outcomes(features, labels, p, nmi), seed=p.seed)
+
+
+def evaluate_test_outcomes(model: IntraBatchModel, splits: dict[str, Split], p: Params,
+                           device: torch.device, *, nmi: bool
+                           ) -> tuple[QueryOutcomes, dict[str, torch.Tensor]]:
+    """Per-query outcomes of the backbone on the test split(s), and their embeddings
+    {split: [N, D]}."""
+    features = {name: embed_split(model, splits[name], p, device)
+                for name in test_split_names(p)}
+    labels = {name: splits[name].labels for name in features}
+    return test_outcomes(features, labels, p, nmi), features
 
 
 def evaluate_test(model: IntraBatchModel, splits: dict[str, Split], p: Params,
                   device: torch.device, *, nmi: bool) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Metrics of the backbone on the test split(s), and their embeddings {split: [N, D]}."""
-    features = {name: embed_split(model, splits[name], p, device)
-                for name in test_split_names(p)}
-    return test_metrics(features, splits, p, nmi), features
+    """Metrics of the backbone on the test split(s) (with standard errors), and their embeddings
+    {split: [N, D]}."""
+    outcomes, features = evaluate_test_outcomes(model, splits, p, device, nmi=nmi)
+    return summarise(outcomes, seed=p.seed), features
 
 
 @torch.no_grad()

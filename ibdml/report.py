@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 
 from ibdml.figures import plotly_js, to_html
 from ibdml.figures.attention import kl_curves, same_class_curves, verdict_table
-from ibdml.figures.tables import evaluation_rows, mpn_inference_rows
-from ibdml.figures.training import recall_table, training_curves
+from ibdml.figures.tables import SE_CAPTION, evaluation_rows, metrics_table, mpn_inference_rows
+from ibdml.figures.training import training_curves
 from ibdml.steps.rundir import read_json, write_text
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -25,7 +25,7 @@ text-align:right}td:first-child,th:first-child{text-align:left}code{background:#
 
 
 def _markdown_table(md: str) -> str:
-    """The small markdown tables of ibdml.figures (recall_table, verdict_table) as HTML."""
+    """The small markdown tables of ibdml.figures (metrics_table, verdict_table) as HTML."""
     rows = [line.strip("|").split("|") for line in md.splitlines() if not line.startswith("|---")]
     def cell(text: str) -> str:  # **bold** is the only markdown the tables use
         return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text.strip()))
@@ -45,9 +45,11 @@ def _image(path: Path) -> str:
 
 
 def _recall_html(rows: dict[str, dict]) -> str:
-    """The paper-format recall table of named metrics dicts, with their own K set."""
+    """The paper-format recall table of named metrics dicts, with their own K set, every metric
+    with its standard error where the file records one."""
     ks = [int(k) for k in next(iter(rows.values()))["recall_at_k"]]
-    return _markdown_table(recall_table(rows, ks))
+    return (_markdown_table(metrics_table(rows, ks))
+            + f"<p class=note>{html.escape(SE_CAPTION)}</p>")
 
 
 def _image_if_present(path: Path, caption: str) -> str:
@@ -57,7 +59,7 @@ def _image_if_present(path: Path, caption: str) -> str:
 def _metrics_section(run: Path) -> str:
     m = read_json(run / "metrics.json")
     return (f"<h2>Test retrieval</h2><p>Protocol: <b>{html.escape(m['protocol'])}</b>, epoch "
-            f"{m['epoch']}, split {m['split']}, in percent.</p>" + _recall_html(evaluation_rows(m))
+            f"{m['epoch']}, split {m['split']}.</p>" + _recall_html(evaluation_rows(m))
             + _image_if_present(run / "figures" / "retrieval_gallery.png",
                                 "Retrieval examples. Grey: query; green: same class; red: other "
                                 "class."))
@@ -69,9 +71,22 @@ def _mpn_inference_section(run: Path) -> str:
         return "<h2>MPN at inference</h2><p>This run has no MPN (mpn_layers: 0).</p>"
     return (f"<h2>MPN at inference</h2><p>Reciprocal k-NN graphs (k = {m['k']}, {m['batch']} "
             f"nodes, α = {m['alpha']:.3f}); {html.escape(m['feature_space'])}.</p>"
-            + _recall_html(mpn_inference_rows(m))
+            + _recall_html(mpn_inference_rows(m)) + _paired_html(m)
             + _image_if_present(run / "figures" / "mpn_neighbourhoods.png",
                                 "Neighbourhoods: cosine to the query, backbone → refined."))
+
+
+def _paired_html(m: dict) -> str:
+    """MPN at inference − backbone on the same queries, with paired bootstrap intervals (absent
+    from an mpn_inference.json written before they were kept)."""
+    paired = m.get("paired_difference")
+    if not paired:
+        return ""
+    items = "; ".join(f"{name} {100 * d['difference']:+.1f} pp [{100 * d['low']:+.1f}, "
+                      f"{100 * d['high']:+.1f}]" for name, d in paired.items())
+    level = 100 * next(iter(paired.values()))["level"]
+    return (f"<p>Refined − backbone, on the same queries ({level:g}% paired bootstrap "
+            f"interval): {html.escape(items)}.</p>")
 
 
 def _attention_section(run: Path) -> str:

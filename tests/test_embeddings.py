@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from ibdml.clustering import kmeans
 from ibdml.embeddings import as_embeddings, as_labels, check_same_width, cosine_rows
 from ibdml.inference import refine
-from ibdml.metrics import evaluate, query_gallery_recall_at_k
+from ibdml.gallery_metrics import query_gallery_recall_at_k
+from ibdml.metrics import evaluate
 from ibdml.mpn import MessagePassingNetwork
 from ibdml.neighbourhoods import reciprocal_neighbourhoods, reciprocal_neighbourhoods_query_gallery
 from ibdml.retrieval import nearest_neighbours, nearest_neighbours_of_rows

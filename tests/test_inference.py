@@ -34,7 +34,7 @@ def test_batched_refinement_equals_one_call_per_graph(concat):
     x = bench.clustered_embeddings(90, dim=16, seed=0)
     nbrs = reciprocal_neighbourhoods(x, k=8, batch=5)
     mpn = make_mpn(concat=concat).train()
-    refined = refine(mpn, x, nbrs, chunk=32)  # 3 chunks, the last one short
+    refined = refine(mpn, x, nbrs, chunk=32, space="concat")  # 3 chunks, the last one short
     assert mpn.training  # mode restored
     assert not refined.requires_grad and refined.dtype == torch.float32
     assert refined.shape == (90, 32 if concat else 16)
@@ -43,7 +43,37 @@ def test_batched_refinement_equals_one_call_per_graph(concat):
     torch.testing.assert_close(refined.norm(dim=1), torch.ones(90))
     # The graph matters: each sample with another sample's neighbours gets other features.
     others = torch.cat([nbrs[:, :1], nbrs[:, 1:].roll(1, dims=0)], dim=1)
-    assert not torch.allclose(refine(mpn, x, others), refined, atol=1e-3)
+    assert not torch.allclose(refine(mpn, x, others, space="concat"), refined, atol=1e-3)
+
+
+def layers_by_hand(mpn: MessagePassingNetwork, graph: torch.Tensor) -> list[torch.Tensor]:
+    """Each MPN layer's output at position 0 of one graph [batch, D], run layer by layer."""
+    mpn.eval()
+    with torch.no_grad():
+        h, outputs = mpn.input_proj(graph[None]), []
+        for layer in mpn.layers:
+            h, _ = layer(h)
+            outputs.append(h[0, 0])  # [D]
+    return outputs
+
+
+def test_refine_keeps_the_last_layer_by_default_and_the_concatenation_on_request():
+    # A 2-layer MPN trained with mpn_concat_layers: its features are [layer 1 | layer 2].
+    x = bench.clustered_embeddings(30, dim=16, seed=5)
+    nbrs = reciprocal_neighbourhoods(x, k=6, batch=4)
+    mpn = make_mpn(concat=True)
+    by_hand = [layers_by_hand(mpn, x[row]) for row in nbrs]  # 30 × [layer 1, layer 2]
+    last = F.normalize(torch.stack([layers[1] for layers in by_hand]), dim=1)  # [30, 16]
+    both = F.normalize(torch.stack([torch.cat(layers) for layers in by_hand]), dim=1)  # [30, 32]
+    torch.testing.assert_close(refine(mpn, x, nbrs), last, atol=1e-5, rtol=0)
+    torch.testing.assert_close(refine(mpn, x, nbrs, space="concat"), both, atol=1e-5, rtol=0)
+    # Without concatenation the two spaces are the same feature.
+    plain = make_mpn(concat=False)
+    torch.testing.assert_close(refine(plain, x, nbrs), refine(plain, x, nbrs, space="concat"))
+    q, _ = refine_query_gallery(mpn, x[:5], x[5:], k=6, batch=4)  # the queries: last layer too
+    assert q.shape == (5, 16)
+    with pytest.raises(ValueError, match="space 'first': use 'last'"):
+        refine(mpn, x, nbrs, space="first")
 
 
 def test_refinement_does_not_depend_on_the_chunk():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from ibdml import metrics
+from ibdml import gallery_metrics, metrics
 from ibdml.metrics import evaluate, map_at_r, normalized_mutual_information, recall_at_k
 from ibdml.retrieval import nearest_neighbours
 
@@ -152,7 +152,10 @@ def test_nmi_refuses_a_count_mismatch():
 def test_evaluate_keys_ranges_and_json():
     x, labels = unit_rows(300), np.random.default_rng(2).integers(0, 12, 300)
     got = evaluate(x, labels, ks=(1, 2, 4, 8))
-    assert set(got) == {"recall_at_k", "map_at_r", "nmi"}
+    assert set(got) == {"recall_at_k", "map_at_r", "nmi", "standard_error"}
+    se = got["standard_error"]
+    assert list(se["recall_at_k"]) == ["1", "2", "4", "8"] and se["map_at_r"] > 0
+    assert se["nmi"] > 0 and "binomial" in se["method"] and "bootstrap" in se["method"]
     recalls = list(got["recall_at_k"].values())
     assert list(got["recall_at_k"]) == ["1", "2", "4", "8"]
     assert all(0 <= r <= 1 for r in recalls) and recalls == sorted(recalls)
@@ -182,7 +185,10 @@ def test_evaluate_on_perfect_clusters_gives_ones():
     x = torch.nn.functional.normalize(centres.repeat_interleave(10, 0) + noise, dim=1)
     labels = np.repeat(np.arange(6), 10)
     got = evaluate(x, labels, ks=(1, 9))
-    assert got == {"recall_at_k": {"1": 1.0, "9": 1.0}, "map_at_r": 1.0, "nmi": 1.0}
+    assert got == {"recall_at_k": {"1": 1.0, "9": 1.0}, "map_at_r": 1.0, "nmi": 1.0,
+                   "standard_error": {"recall_at_k": {"1": 0.0, "9": 0.0}, "map_at_r": 0.0,
+                                      "nmi": pytest.approx(0.0, abs=1e-12),
+                                      "method": got["standard_error"]["method"]}}
 
 
 def test_evaluate_excludes_the_query_by_index_with_duplicates_across_classes():
@@ -236,7 +242,8 @@ def test_evaluate_argument_errors():
 
 # --- query/gallery (In-Shop) ---------------------------------------------------------------------
 
-qg_recall, qg_map = metrics.query_gallery_recall_at_k, metrics.query_gallery_map_at_r
+qg_recall = gallery_metrics.query_gallery_recall_at_k
+qg_map = gallery_metrics.query_gallery_map_at_r
 
 
 def at_angles(degrees) -> torch.Tensor:
@@ -335,10 +342,15 @@ def test_query_gallery_argument_errors():
 
 
 def test_evaluate_query_gallery_combines_the_two_metrics():
-    got = metrics.evaluate_query_gallery(QUERIES, QUERY_ITEMS, GALLERY, GALLERY_ITEMS,
+    got = gallery_metrics.evaluate_query_gallery(QUERIES, QUERY_ITEMS, GALLERY, GALLERY_ITEMS,
                                          ks=[1, 2, 5], nmi=False)
+    se = got.pop("standard_error")
     assert got == {"recall_at_k": {"1": 0.5, "2": 0.75, "5": 0.75},
                    "map_at_r": pytest.approx(7 / 12, abs=1e-12), "nmi": None}
+    # binomial: R@1 = 1/2 of 4 queries → sqrt(1/4 · 1/4) / 2; R@2 = 3/4 → sqrt(3/16 / 4)
+    assert se["recall_at_k"] == {"1": 0.25, "2": pytest.approx(0.75 ** 0.5 / 4),
+                                 "5": pytest.approx(0.75 ** 0.5 / 4)}
+    assert se["nmi"] is None and "NMI" not in se["method"]
     assert json.loads(json.dumps(got)) == got
 
 
@@ -350,16 +362,49 @@ def test_evaluate_query_gallery_nmi_clusters_queries_and_gallery_together():
     x = torch.nn.functional.normalize(centres.repeat_interleave(7, 0) + noise, dim=1)
     items = np.repeat(np.arange(6), 7)
     is_query = np.tile(np.arange(7) < 3, 6)
-    got = metrics.evaluate_query_gallery(x[is_query], items[is_query], x[~is_query],
+    got = gallery_metrics.evaluate_query_gallery(x[is_query], items[is_query], x[~is_query],
                                          items[~is_query], ks=[1])
+    assert "query and gallery images" in got.pop("standard_error")["method"]
     assert got == {"recall_at_k": {"1": 1.0}, "map_at_r": 1.0, "nmi": pytest.approx(1.0)}
     # Items shuffled across the clusters give a low NMI (≈ 0.3), so the 1.0 above means something.
     wrong = np.random.default_rng(0).permutation(items)
-    shuffled = metrics.evaluate_query_gallery(x[is_query], wrong[is_query], x[~is_query],
+    shuffled = gallery_metrics.evaluate_query_gallery(x[is_query], wrong[is_query], x[~is_query],
                                               wrong[~is_query], ks=[1])
     assert shuffled["nmi"] < 0.5
 
 
 def test_evaluate_query_gallery_nmi_needs_unit_rows():
     with pytest.raises(ValueError, match="query_embeddings must have L2-normalised rows"):
-        metrics.evaluate_query_gallery(QUERIES * 2, QUERY_ITEMS, GALLERY, GALLERY_ITEMS, ks=[1])
+        gallery_metrics.evaluate_query_gallery(QUERIES * 2, QUERY_ITEMS, GALLERY, GALLERY_ITEMS,
+                                               ks=[1])
+
+
+# --- per-query outcomes --------------------------------------------------------------------------
+
+
+def test_per_query_outcomes_are_what_the_metrics_average():
+    hits = metrics.recall_hits(LINE_NEIGHBOUR_LABELS, LINE_LABELS, ks=[1, 2, 3])
+    assert hits.shape == (5, 3) and hits.dtype == bool
+    assert recall_at_k(LINE_NEIGHBOUR_LABELS, LINE_LABELS, [1, 2, 3]) == {
+        str(k): float(hits[:, j].mean()) for j, k in enumerate([1, 2, 3])}
+    ap = metrics.average_precision_at_r([["A", "B", "A"], ["A", "A", "A"], ["A", "B", "A"]],
+                                        ["A", "B", "C"], [3, 1, 0])
+    np.testing.assert_allclose(ap, [5 / 9, 0.0, np.nan])  # NaN: the lone query
+
+
+def test_query_outcomes_feed_evaluate_and_keep_clusters():
+    x, labels = unit_rows(120, seed=12), np.random.default_rng(12).integers(0, 6, 120)
+    o = metrics.query_outcomes(x, labels, ks=(1, 4), kmeans="fast")
+    assert o.ks == (1, 4) and o.hits.shape == (120, 2) and o.average_precision.shape == (120,)
+    assert o.labels.dtype == np.int64 and o.clusters.shape == (120,)
+    assert metrics.summarise(o) == evaluate(x, labels, ks=(1, 4), kmeans="fast")
+
+
+def test_query_gallery_outcomes_cover_queries_and_label_both_sides():
+    o = gallery_metrics.query_gallery_outcomes(QUERIES, QUERY_ITEMS, GALLERY, GALLERY_ITEMS,
+                                               ks=[1, 2], nmi=True, kmeans="fast")
+    assert o.n_queries == 4 and o.hits.tolist() == [[False, True], [True, True],
+                                                    [False, False], [True, True]]
+    assert np.isnan(o.average_precision[2])  # item D has no gallery image
+    assert len(o.labels) == len(o.clusters) == 9  # 4 queries, then 5 gallery images
+    assert o.labels[:4].tolist() == [0, 1, 3, 2] and o.labels[4:].tolist() == [0, 1, 0, 2, 1]

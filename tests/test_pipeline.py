@@ -48,8 +48,9 @@ def test_every_step_ran_and_wrote_its_files(pipeline_run):
     assert all(0 <= v <= 1 for v in metrics["recall_at_k"].values())
     assert 0 <= metrics["map_at_r"] <= 1 and 0 <= metrics["nmi"] <= 1
     mpn = json.loads((run / "mpn_inference.json").read_text())
-    assert mpn["without_mpn"] == {k: metrics[k] for k in ("recall_at_k", "map_at_r", "nmi")}
-    assert set(mpn["with_mpn"]) == {"recall_at_k", "map_at_r", "nmi"}
+    keys = ("recall_at_k", "map_at_r", "nmi", "standard_error")
+    assert mpn["without_mpn"] == {k: metrics[k] for k in keys}
+    assert set(mpn["with_mpn"]) == set(keys)
     assert all(0 <= v <= 1 for v in mpn["with_mpn"]["recall_at_k"].values())
     assert sum(mpn["r1_transitions"].values()) == 64  # every test image once
     assert (run / "figures" / "mpn_neighbourhoods.png").is_file()

@@ -63,6 +63,28 @@ def test_a_full_run_folder_gives_every_section(tmp_path):
     assert "epochs: 2" in page
 
 
+def test_metrics_show_their_standard_errors_and_old_files_the_numbers_alone(tmp_path):
+    run = tmp_path / "run"
+    se = {"recall_at_k": {"1": 0.01, "4": 0.0004}, "map_at_r": 0.005, "nmi": None,
+          "method": "binomial ..."}
+    with_se = {**metrics(0.625, 0.5), "standard_error": se}
+    write(run / "metrics.json", {**with_se, "protocol": "last epoch", "epoch": 2, "split": "test",
+                                 "baselines": {"raw_pixels": metrics(0.25, 0.125)}})
+    paired = {"R@1": {"difference": 0.02, "low": 0.01, "high": 0.03, "level": 0.95},
+              "MAP@R": {"difference": -0.01, "low": -0.02, "high": 0.0, "level": 0.95}}
+    write(run / "mpn_inference.json", {
+        "without_mpn": with_se, "with_mpn": {**metrics(0.645, 0.49), "standard_error": se},
+        "k": 30, "batch": 7, "alpha": 2 / 3, "feature_space": "refined (last layer)",
+        "paired_difference": paired})
+    page = build_report(run).read_text()
+    assert "<td>62.5 ± 1.0</td>" in page and "<td>100.0 ± 0.04</td>" in page
+    assert "<td>50.0 ± 0.5</td>" in page and "<td>–</td>" in page  # NMI not computed
+    assert "<td>25.0</td>" in page  # the baseline has no SEs: the number alone
+    assert page.count("± SE over test queries") == 2  # once under each table
+    assert "R@1 +2.0 pp [+1.0, +3.0]; MAP@R -1.0 pp [-2.0, +0.0]" in page
+    assert "95% paired bootstrap interval" in page
+
+
 def test_an_empty_run_folder_gives_a_page_without_step_sections(tmp_path):
     page = build_report(tmp_path).read_text()
     assert "<h2>Files</h2>" in page and "<h2>Training</h2>" not in page

@@ -1,6 +1,7 @@
 """The evaluation step: score a run's selected checkpoint on the test split (docs/protocol.md).
 
-    <run>/metrics.json         test metrics, protocol, baselines, parameters, environment
+    <run>/metrics.json         test metrics with standard errors, protocol, baselines, ...
+    <run>/outcomes/test.npz    the per-query outcomes behind them (`read_outcomes`)
     <run>/baselines.json       raw-pixel k-NN and the untrained network (computed once)
     <run>/embeddings/test.pt   the test embeddings, for MPN at inference and the examples
     <run>/figures/retrieval_gallery.png
@@ -8,6 +9,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
@@ -19,11 +21,18 @@ from ibdml import device as devices
 from ibdml.config import Params
 from ibdml.data.folder import Split
 from ibdml.data.splits import load_splits
-from ibdml.evaluation import evaluate_test, protocol, raw_pixel_baseline, untrained_baseline
+from ibdml.evaluation import (evaluate_test_outcomes, protocol, raw_pixel_baseline,
+                              untrained_baseline)
 from ibdml.figures.gallery import gallery_image
+from ibdml.metrics import QueryOutcomes, summarise
 from ibdml.retrieval import nearest_neighbours, nearest_neighbours_of_rows
 from ibdml.steps.rundir import (environment, load_model, load_torch, read_json, read_run_params,
-                                run_lock, save_figures, save_torch, write_json)
+                                run_lock, save_figures, save_torch, write_bytes, write_json)
+
+# Which step writes each outcomes file (`read_outcomes` names it when the file is missing).
+OUTCOME_STEPS = {"test": "ibdml evaluate RUN (notebook 02_evaluate)",
+                 "mpn_inference_without": "notebook 03_mpn_inference (evaluate_mpn_inference)",
+                 "mpn_inference_with": "notebook 03_mpn_inference (evaluate_mpn_inference)"}
 
 
 def evaluate_run(run_dir: Path, progress: bool = True) -> dict:
@@ -40,7 +49,9 @@ def _evaluate_run(run_dir: Path, p: Params, start: float, progress: bool) -> dic
     device = devices.resolve_device(p.device)
     splits = load_splits(p, progress=progress)
     model, epoch = load_model(run_dir, p, device)
-    metrics, features = evaluate_test(model, splits, p, device, nmi=p.nmi)
+    outcomes, features = evaluate_test_outcomes(model, splits, p, device, nmi=p.nmi)
+    metrics = summarise(outcomes, seed=p.seed)
+    write_outcomes(run_dir, "test", outcomes)
     # One cache for every dataset: the test split(s) stacked in order, with their sizes (In-Shop:
     # the queries first, then the gallery).
     save_torch(run_dir / "embeddings" / "test.pt",
@@ -55,6 +66,35 @@ def _evaluate_run(run_dir: Path, p: Params, start: float, progress: bool) -> dic
                   seconds=round(time.time() - start, 2))
     write_json(run_dir / "metrics.json", result)
     return result
+
+
+def write_outcomes(run_dir: Path, name: str, outcomes: QueryOutcomes) -> Path:
+    """<run>/outcomes/<name>.npz: the per-query outcomes as plain arrays (np.savez, no pickle);
+    clusters are left out when None. Returns the path."""
+    arrays = {"ks": np.asarray(outcomes.ks, dtype=np.int64), "hits": outcomes.hits,
+              "average_precision": outcomes.average_precision, "labels": outcomes.labels}
+    if outcomes.clusters is not None:
+        arrays["clusters"] = outcomes.clusters
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path = Path(run_dir) / "outcomes" / f"{name}.npz"
+    write_bytes(path, buffer.getvalue())
+    return path
+
+
+def read_outcomes(run_dir: Path, name: str) -> QueryOutcomes:
+    """The outcomes `write_outcomes` wrote: name "test" (evaluation), "mpn_inference_without" or
+    "mpn_inference_with" (MPN at inference). A missing file is an error naming the step that
+    writes it."""
+    path = Path(run_dir) / "outcomes" / f"{name}.npz"
+    if not path.is_file():
+        step = OUTCOME_STEPS.get(name, "the step that writes it")
+        raise FileNotFoundError(f"{path} does not exist: run {step} first (outcomes known: "
+                                f"{', '.join(OUTCOME_STEPS)}).")
+    with np.load(path, allow_pickle=False) as f:
+        return QueryOutcomes(ks=tuple(int(k) for k in f["ks"]), hits=f["hits"].astype(bool),
+                             average_precision=f["average_precision"], labels=f["labels"],
+                             clusters=f["clusters"] if "clusters" in f.files else None)
 
 
 def baselines(run_dir: Path, p: Params, splits: dict[str, Split], device: torch.device) -> dict:

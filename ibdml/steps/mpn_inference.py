@@ -2,7 +2,9 @@
 embedding with the trained MPN on its reciprocal k-NN neighbourhood, then evaluate the refined
 features exactly as the backbone's.
 
-    <run>/mpn_inference.json          {without_mpn, with_mpn} with metrics.json's keys
+    <run>/mpn_inference.json          {without_mpn, with_mpn} with metrics.json's keys, and the
+                                      paired bootstrap difference of with − without
+    <run>/outcomes/mpn_inference_without.npz, mpn_inference_with.npz   their per-query outcomes
     <run>/embeddings/test_refined.pt  the refined embeddings and the neighbourhoods
     <run>/figures/mpn_neighbourhoods.png
 """
@@ -18,14 +20,21 @@ from PIL import Image
 from ibdml import device as devices
 from ibdml.config import Params
 from ibdml.data.splits import load_splits
-from ibdml.evaluation import query_gallery_r1_transitions, r1_transitions
+from ibdml.evaluation import query_gallery_r1_transitions, r1_transitions, test_outcomes
 from ibdml.figures.gallery import gallery_image
+from ibdml.gallery_metrics import query_gallery_outcomes
 from ibdml.inference import refine, refine_query_gallery
-from ibdml.metrics import evaluate, evaluate_query_gallery
+from ibdml.metrics import QueryOutcomes, query_outcomes, summarise
 from ibdml.model import IntraBatchModel
 from ibdml.neighbourhoods import reciprocal_neighbourhoods
-from ibdml.steps.rundir import (load_model, load_torch, read_json, read_run_params,
-                                run_lock, save_figures, save_torch, write_json)
+from ibdml.steps.evaluate import read_outcomes, write_outcomes
+from ibdml.steps.rundir import (load_model, load_torch, read_run_params, run_lock, save_figures,
+                                save_torch, write_json)
+from ibdml.uncertainty import paired_bootstrap_difference
+
+# What the refined feature is (the `mpn_inference_space` parameter; docs/method.md §8.1).
+SPACES = {"last": "the last MPN layer's output",
+          "concat": "the concatenation of all MPN layers' outputs"}
 
 
 def evaluate_mpn_inference(run_dir: Path) -> dict:
@@ -39,36 +48,66 @@ def evaluate_mpn_inference(run_dir: Path) -> dict:
 
 def _evaluate_mpn_inference(run_dir: Path, p: Params) -> dict:
     cache = load_torch(run_dir / "embeddings" / "test.pt")
-    keys = ("recall_at_k", "map_at_r", "nmi")
-    without = {k: read_json(run_dir / "metrics.json")[k] for k in keys}
-    result = {"without_mpn": without, "with_mpn": None, "split": "+".join(cache["splits"]),
-              "epoch": cache["epoch"], "k": p.mpn_inference_k, "batch": p.mpn_inference_batch,
-              "alpha": p.mpn_inference_alpha,
-              "feature_space": "queries and references both in MPN-output space (refined)"}
+    without = _backbone_outcomes(run_dir, cache, p)
+    write_outcomes(run_dir, "mpn_inference_without", without)
+    result = {"without_mpn": summarise(without, seed=p.seed), "with_mpn": None,
+              "split": "+".join(cache["splits"]), "epoch": cache["epoch"],
+              "k": p.mpn_inference_k, "batch": p.mpn_inference_batch,
+              "alpha": p.mpn_inference_alpha, "mpn_inference_space": p.mpn_inference_space,
+              "feature_space": "queries and references both in MPN-output space (refined: "
+                               f"{SPACES[p.mpn_inference_space]})"}
     if p.mpn_layers > 0:
         model = load_model(run_dir, p, devices.resolve_device(p.device))[0]
         refine_run = _refine_query_gallery if p.dataset == "inshop" else _refine_test
-        result.update(refine_run(model, cache, p, run_dir))
+        with_mpn, details = refine_run(model, cache, p, run_dir)
+        write_outcomes(run_dir, "mpn_inference_with", with_mpn)
+        result.update(details, with_mpn=summarise(with_mpn, seed=p.seed),
+                      paired_difference=paired_differences(without, with_mpn, p.seed))
     write_json(run_dir / "mpn_inference.json", result)
     return result
 
 
-def _refine_test(model: IntraBatchModel, cache: dict, p: Params, run_dir: Path) -> dict:
+def _backbone_outcomes(run_dir: Path, cache: dict, p: Params) -> QueryOutcomes:
+    """The backbone's test outcomes: those the evaluation step wrote, or (a run evaluated before
+    outcomes were kept) recomputed from the cached test embeddings, identically."""
+    try:
+        return read_outcomes(run_dir, "test")
+    except FileNotFoundError:
+        sizes = cache["splits"]  # {split: rows}, stacked in order
+        features = dict(zip(sizes, cache["embeddings"].split(list(sizes.values()))))
+        labels = dict(zip(sizes, cache["labels"].split(list(sizes.values()))))
+        return test_outcomes(features, labels, p, p.nmi)
+
+
+def paired_differences(without: QueryOutcomes, with_mpn: QueryOutcomes, seed: int) -> dict:
+    """{metric: paired_bootstrap_difference(without, with_mpn, metric)} for R@1, MAP@R, and NMI
+    when both sides have clusters: with − without, on the same queries."""
+    metrics = ["R@1", "MAP@R"]
+    if without.clusters is not None and with_mpn.clusters is not None:
+        metrics.append("NMI")
+    return {m: paired_bootstrap_difference(without, with_mpn, m, seed=seed) for m in metrics}
+
+
+def _refine_test(model: IntraBatchModel, cache: dict, p: Params,
+                 run_dir: Path) -> tuple[QueryOutcomes, dict]:
     """One test set searched against itself: every image refined on its neighbourhood."""
     start = time.time()
     hoods = reciprocal_neighbourhoods(cache["embeddings"], k=p.mpn_inference_k,
                                       batch=p.mpn_inference_batch, alpha=p.mpn_inference_alpha)
     built = time.time()
-    refined = refine(model.mpn, cache["embeddings"], hoods)
+    refined = refine(model.mpn, cache["embeddings"], hoods, space=p.mpn_inference_space)
     save_torch(run_dir / "embeddings" / "test_refined.pt",
                {"embeddings": refined, "neighbourhoods": hoods, "epoch": cache["epoch"]})
-    return {"seconds": {"neighbourhoods": round(built - start, 2),
-                        "refinement": round(time.time() - built, 2)},
-            "with_mpn": evaluate(refined, cache["labels"], p.recall_ks, nmi=p.nmi, seed=p.seed),
-            "r1_transitions": r1_transitions(cache["embeddings"], refined, cache["labels"])}
+    seconds = {"neighbourhoods": round(built - start, 2),
+               "refinement": round(time.time() - built, 2)}
+    outcomes = query_outcomes(refined, cache["labels"], p.recall_ks, nmi=p.nmi, seed=p.seed,
+                              kmeans=p.kmeans)
+    return outcomes, {"seconds": seconds, "r1_transitions": r1_transitions(
+        cache["embeddings"], refined, cache["labels"])}
 
 
-def _refine_query_gallery(model: IntraBatchModel, cache: dict, p: Params, run_dir: Path) -> dict:
+def _refine_query_gallery(model: IntraBatchModel, cache: dict, p: Params,
+                          run_dir: Path) -> tuple[QueryOutcomes, dict]:
     """In-Shop (docs/method.md §8.2): each query refined on its 4-node graph of reciprocal
     gallery neighbours, compared with the backbone gallery (authors) or a gallery refined on its
     own neighbourhoods (`mpn_inference_gallery_space`)."""
@@ -78,16 +117,20 @@ def _refine_query_gallery(model: IntraBatchModel, cache: dict, p: Params, run_di
     start = time.time()
     rq, rg = refine_query_gallery(model.mpn, q, g, k=p.mpn_inference_k,
                                   batch=p.mpn_inference_batch, alpha=p.mpn_inference_alpha,
-                                  gallery_space=p.mpn_inference_gallery_space)
+                                  gallery_space=p.mpn_inference_gallery_space,
+                                  space=p.mpn_inference_space)
     refined_gallery = p.mpn_inference_gallery_space == "refined"
-    return {
-        "seconds": {"refinement": round(time.time() - start, 2)},
-        # NMI clusters queries and gallery together: only meaningful in one feature space
-        "with_mpn": evaluate_query_gallery(rq, ql, rg, gl, p.recall_ks,
-                                           nmi=p.nmi and refined_gallery, seed=p.seed),
+    seconds = {"refinement": round(time.time() - start, 2)}
+    # NMI clusters queries and gallery together: only meaningful in one feature space
+    outcomes = query_gallery_outcomes(rq, ql, rg, gl, p.recall_ks, nmi=p.nmi and refined_gallery,
+                                      seed=p.seed, kmeans=p.kmeans)
+    space = SPACES[p.mpn_inference_space]
+    return outcomes, {
+        "seconds": seconds,
         "r1_transitions": query_gallery_r1_transitions((q, rq), (g, rg), ql, gl),
-        "feature_space": ("queries and gallery both refined" if refined_gallery else
-                          "refined queries against backbone gallery features (authors)")}
+        "feature_space": (f"queries and gallery both refined ({space})" if refined_gallery else
+                          f"refined queries ({space}) against backbone gallery features "
+                          "(authors)")}
 
 
 def neighbourhood_examples(run_dir: Path, queries: int = 6, seed: int = 0
