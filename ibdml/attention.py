@@ -20,6 +20,13 @@ from uniform therefore names its `null_key_treatment` (§13 asks to state the ch
                              All-zero scores through the null softmax give α_ij = 1/(N+1): exactly
                              this uniform (and, renormalised, exactly 1/N).
 Same-class and self mass are always fractions of the renormalised row.
+
+Same-class mass counting the node itself can be raised by attending to oneself alone: a head that
+keeps its node's own value (self mass 1) has same-class mass 1. The measure that such a head cannot
+hide behind leaves the node out: same_class_excl_self_i = Σ_{j ≠ i, y_j = y_i} p_ij, still a
+fraction of the whole renormalised row over the N real nodes (not renormalised over N − 1), so
+that same_class_excl_self + self_mass + other-class mass = 1. Its chance level is what uniform
+attention gives, (n_same_i − 1)/N; self mass is reported on its own (chance 1/N).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ Treatment = Literal["renormalise", "extra_bin"]
 TREATMENTS = ("renormalise", "extra_bin")
 # Stored fp16 weights are rounded by ≤ 2^-11 each, so a row summing to 1 may read 1.0005.
 ROW_SUM_TOLERANCE = 1e-2
-METRICS = ("kl", "entropy", "same_class", "null_mass", "self_mass")
+METRICS = ("kl", "entropy", "same_class", "same_class_excl_self", "null_mass", "self_mass")
 
 
 def as_attention(attn: Any) -> torch.Tensor:
@@ -200,6 +207,7 @@ def node_metrics(attn: torch.Tensor, labels: torch.Tensor, null_key_treatment: T
     return {"kl": kl_from_uniform(attn, null_key_treatment),
             "entropy": entropy(attn, null_key_treatment),
             "same_class": same_class_mass(attn, lab, include_self),
+            "same_class_excl_self": same_class_mass(attn, lab, include_self=False),
             "null_mass": null_mass(attn), "self_mass": self_mass(attn)}
 
 
@@ -212,12 +220,22 @@ def summarise(attention_by_epoch: AttentionRecord, labels: Any, *,
         layers, probes, heads, nodes   L, P, H, N
         null_key_treatment, include_self   the choices made
         kl_max             log K (K = N, or N + 1 for extra_bin): KL of a one-hot row
-        same_class_uniform mean n_same / N: same-class mass of plain averaging (labels only, so
-                           one number for every epoch, layer and head)
-        kl, entropy, same_class, null_mass, self_mass   nested lists [E][L][H]
+        kl, entropy, null_mass   nested lists [E][L][H]
+        same_class_excl_self     [E][L][H] Σ_{j ≠ i, y_j = y_i} p_ij: mass on the node's class
+                                 without itself, a fraction of the row over all N real nodes
+        same_class_excl_self_uniform   mean_i (n_same_i − 1) / N: its chance level, what uniform
+                                 attention gives (labels only: one number for every e, l, h)
+        self_mass                [E][L][H] p_ii (uniform attention: 1/N)
+        same_class         [E][L][H] same-class mass with the node itself when include_self (the
+                           default; kept for continuity), else = same_class_excl_self
+        same_class_uniform mean n_same / N (include_self) or (n_same − 1) / N: its chance level
+        most_selective_head  {layer, head, same_class_excl_self, excess}: the head with the
+                           highest same_class_excl_self − chance at the last epoch
 
     summary["kl"][e][l][h] is the curve of §13. Rows that are undefined when renormalised (all
-    mass on the null key) are left out of the means (NaN if a whole head is)."""
+    mass on the null key) are left out of the means (NaN if a whole head is). Attention on the
+    node alone (mpn_attention: self) gives kl = log N, self_mass 1, same_class_excl_self 0;
+    uniform attention gives kl 0 and same_class_excl_self at its chance level."""
     y = torch.as_tensor(labels)
     epochs = epoch_numbers(attention_by_epoch)
     if not epochs:
@@ -232,11 +250,22 @@ def summarise(attention_by_epoch: AttentionRecord, labels: Any, *,
             out[m].append(v.double().nanmean(dim=(1, 3)).tolist())  # [L, P, H, N] → [L, H]
     L, P, H, N = a.shape[:4]
     k = N + 1 if null_key_treatment == "extra_bin" else N
+    chance = float(uniform_same_class(y, include_self=False).double().mean())
     return {"epochs": epochs, "layers": L, "probes": P, "heads": H, "nodes": N,
             "null_key_treatment": null_key_treatment, "include_self": include_self,
             "kl_max": math.log(k),
             "same_class_uniform": float(uniform_same_class(y, include_self).double().mean()),
-            **out}
+            "same_class_excl_self_uniform": chance, **out,
+            "most_selective_head": most_selective_head(out["same_class_excl_self"][-1], chance)}
+
+
+def most_selective_head(excl_self: list[list[float]], chance: float) -> dict[str, Any]:
+    """excl_self [L][H] (one epoch's same_class_excl_self) → {layer, head, same_class_excl_self,
+    excess = same_class_excl_self − chance} of the head with the largest excess. NaN heads (all
+    mass on the null key) never win unless every head is NaN; ties go to the first head."""
+    flat = [(layer, head, v) for layer, row in enumerate(excl_self) for head, v in enumerate(row)]
+    layer, head, v = max(flat, key=lambda t: -math.inf if math.isnan(t[2]) else t[2])
+    return {"layer": layer, "head": head, "same_class_excl_self": v, "excess": v - chance}
 
 
 def edge_case_verdicts(summary: dict[str, Any], *, epoch: int | None = None,
@@ -250,31 +279,40 @@ def edge_case_verdicts(summary: dict[str, Any], *, epoch: int | None = None,
                         "a couple of nodes", the seed document's degenerate case, whatever N is
                         (with extra_bin the null key counts as one of them).
         "selective"     neither: peaked, yet spread over more than a couple of nodes.
-    above_chance: same-class mass > uniform level + chance_margin (0.01 keeps a near-uniform head's
-    wobble from counting). Thresholds apply to means over nodes, so a head whose nodes are half
-    one-hot and half uniform reads "selective". kl_change, same_class_change: since the first
-    recorded epoch (epoch 0: before training).
+    above_chance: same-class mass *without the node itself* > its uniform level (n_same − 1)/N +
+    chance_margin (0.01 keeps a near-uniform head's wobble from counting), so that a head attending
+    to each node alone is not counted as attending to its class. Thresholds apply to means over
+    nodes, so a head whose nodes are half one-hot and half uniform reads "selective". The *_change
+    entries: since the first recorded epoch (epoch 0: before training).
 
     Returns {"epoch", "thresholds", "heads": [{layer, head, kl, kl_fraction, effective_nodes,
-    verdict, same_class, same_class_uniform, above_chance, kl_change, same_class_change}, ...]}."""
+    verdict, same_class_excl_self, same_class_excl_self_uniform, self_mass, above_chance,
+    same_class, same_class_uniform (with the node itself when summary["include_self"]),
+    kl_change, same_class_change, same_class_excl_self_change}, ...]}."""
     epochs = summary["epochs"]
     if epoch is not None and epoch not in epochs:
         raise KeyError(f"epoch {epoch} is not in the summary; summarised epochs: {epochs}")
     e = len(epochs) - 1 if epoch is None else epochs.index(epoch)
-    kl_max, chance = summary["kl_max"], summary["same_class_uniform"]
+    kl_max, chance = summary["kl_max"], summary["same_class_excl_self_uniform"]
     heads = []
     for layer in range(summary["layers"]):
         for head in range(summary["heads"]):
-            kl, same = summary["kl"][e][layer][head], summary["same_class"][e][layer][head]
+            at = {m: summary[m][e][layer][head] for m in METRICS}
+            first = {m: summary[m][0][layer][head] for m in METRICS}
+            kl, excl = at["kl"], at["same_class_excl_self"]
             nodes = math.exp(kl_max - kl)
             verdict = ("near uniform" if kl < uniform_kl_fraction * kl_max
                        else "collapsed" if nodes <= collapsed_nodes else "selective")
             heads.append({"layer": layer, "head": head, "kl": kl,
                           "kl_fraction": kl / kl_max if kl_max else 0.0, "effective_nodes": nodes,
-                          "verdict": verdict, "same_class": same, "same_class_uniform": chance,
-                          "above_chance": same > chance + chance_margin,
-                          "kl_change": kl - summary["kl"][0][layer][head],
-                          "same_class_change": same - summary["same_class"][0][layer][head]})
+                          "verdict": verdict, "same_class_excl_self": excl,
+                          "same_class_excl_self_uniform": chance, "self_mass": at["self_mass"],
+                          "above_chance": excl > chance + chance_margin,
+                          "same_class": at["same_class"],
+                          "same_class_uniform": summary["same_class_uniform"],
+                          "kl_change": kl - first["kl"],
+                          "same_class_change": at["same_class"] - first["same_class"],
+                          "same_class_excl_self_change": excl - first["same_class_excl_self"]})
     return {"epoch": epochs[e], "heads": heads,
             "thresholds": {"uniform_kl_fraction": uniform_kl_fraction,
                            "collapsed_nodes": collapsed_nodes, "chance_margin": chance_margin}}

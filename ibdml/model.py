@@ -54,5 +54,7 @@ def build_model(p: Params, num_classes: int) -> IntraBatchModel:
         mpn = MessagePassingNetwork(p.embedding_dim, num_classes, layers=p.mpn_layers,
                                     heads=p.mpn_heads, dropout=p.mpn_dropout,
                                     null_key=p.attention_null_key,
-                                    concat_layers=p.mpn_concat_layers)
+                                    concat_layers=p.mpn_concat_layers,
+                                    attention=p.mpn_attention,
+                                    attention_scale=p.attention_scale)
     return IntraBatchModel(backbone, mpn)

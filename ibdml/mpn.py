@@ -7,6 +7,10 @@ Attention is computed densely and explicitly (N ≤ ~100 nodes), so every forwar
 weights [layers, heads, N, N] without hooks. Inputs are batches of graphs [B, N, D]: training uses
 one graph (the mini-batch), MPN at inference many small ones.
 
+`attention` chooses how nodes weigh each other (an ablation; docs/method.md §4.3): "dot" is the
+method; "uniform" gives every node the batch mean of the values; "self" gives each node only its
+own value (no message passing). All three keep the same layers and parameters.
+
 Under bf16 autocast (training on a GPU, accel.py) the projections and products run in bf16, the
 LayerNorms in fp32 (autocast's own rule), and the attention softmax in fp32 (`attention_weights`),
 so the weights handed back are fp32 whatever the autocast.
@@ -34,27 +38,54 @@ def attention_weights(scores: torch.Tensor, null_key: bool) -> torch.Tensor:
     return torch.cat([scores, zero], -1).softmax(-1)[..., :-1]  # [..., N, N+1] → [..., N, N]
 
 
+ATTENTION_MODES = ("dot", "uniform", "self")
+
+
 class MultiHeadDotProductAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float, null_key: bool) -> None:
+    """Multi-head attention over the nodes of each graph, weights computed explicitly.
+
+    mode "dot": α = softmax(q·kᵀ/√(D/H) × scale), through the null key when null_key (the
+    method). "uniform": α_ij = 1/N, so message_i = out(mean_j v_j) for every i. "self": α = I, so
+    message_i = out(v_i). q and k exist in every mode but only "dot" uses them: the ablations
+    keep the method's parameter set (and count) so that a comparison changes only how nodes
+    weigh each other. scale multiplies the logits (> 1: sharper from the start); it and
+    null_key only matter for "dot"."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, null_key: bool,
+                 mode: str = "dot", scale: float = 1.0) -> None:
         super().__init__()
-        self.heads, self.null_key = heads, null_key
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
+        self.heads, self.null_key, self.mode, self.scale = heads, null_key, mode, scale
         self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
         for lin in (self.q, self.k, self.v, self.out):  # authors: Xavier-uniform, zero bias
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
         self.dropout = nn.Dropout(dropout)
 
+    def weights(self, h: torch.Tensor) -> torch.Tensor:
+        """h [B, N, D] → attention [B, H, N, N] fp32 (rows sum to 1, < 1 with the null key)."""
+        B, N, D = h.shape
+        H, dh = self.heads, D // self.heads
+        if self.mode == "uniform":  # plain averaging over the batch, no null key
+            return h.new_full((B, H, N, N), 1 / N, dtype=torch.float32)
+        if self.mode == "self":  # every node keeps only its own value
+            return torch.eye(N, device=h.device).expand(B, H, N, N)
+        q = self.q(h).view(B, N, H, dh).transpose(1, 2)  # [B, N, D] → [B, H, N, dh]
+        k = self.k(h).view(B, N, H, dh).transpose(1, 2)  # [B, N, D] → [B, H, N, dh]
+        # Per-head scaling 1/√(D/H), as the authors (the paper writes 1/√D), then the knob
+        # (skipped at 1, so the method's scores stay bit for bit what they were).
+        scores = q @ k.transpose(-2, -1) / math.sqrt(dh)  # [B, H, N, N]
+        scores = scores if self.scale == 1 else scores * self.scale
+        return attention_weights(scores, self.null_key)
+
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h [B, N, D] → (messages [B, N, D], attention [B, H, N, N])."""
         B, N, D = h.shape
         H, dh = self.heads, D // self.heads
-
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(B, N, H, dh).transpose(1, 2)  # [B, N, D] → [B, H, N, dh]
-
-        q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
-        # Per-head scaling 1/√(D/H), as the authors (the paper writes 1/√D).
-        attn = attention_weights(q @ k.transpose(-2, -1) / math.sqrt(dh), self.null_key)
+        v = self.v(h).view(B, N, H, dh).transpose(1, 2)  # [B, N, D] → [B, H, N, dh]
+        attn = self.weights(h)
+        # Dropout on the weight matrix in every mode, so the modes differ only in the weights.
         msg = self.dropout(attn).to(v.dtype) @ v  # [B, H, N, dh]
         return self.out(msg.transpose(1, 2).reshape(B, N, D)), attn  # [B, N, H·dh]
 
@@ -62,9 +93,10 @@ class MultiHeadDotProductAttention(nn.Module):
 class MPNLayer(nn.Module):
     """Post-LN encoder layer: attention + skip + LayerNorm, FFN (4·D, ReLU) + skip + LayerNorm."""
 
-    def __init__(self, dim: int, heads: int, dropout: float, null_key: bool) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, null_key: bool,
+                 mode: str = "dot", scale: float = 1.0) -> None:
         super().__init__()
-        self.attention = MultiHeadDotProductAttention(dim, heads, dropout, null_key)
+        self.attention = MultiHeadDotProductAttention(dim, heads, dropout, null_key, mode, scale)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(4 * dim, dim))
@@ -100,13 +132,16 @@ class MPNOutput:
 
 class MessagePassingNetwork(nn.Module):
     """Linear(D, D) input projection (authors' dim_red, B11) → L MPN layers → BN-neck classifier
-    on the last layer's output (or on the concatenation of all layers)."""
+    on the last layer's output (or on the concatenation of all layers). `attention` is the mode
+    of every layer (ATTENTION_MODES; "dot" = the method), `attention_scale` its logit factor."""
 
     def __init__(self, dim: int, num_classes: int, *, layers: int, heads: int, dropout: float,
-                 null_key: bool, concat_layers: bool) -> None:
+                 null_key: bool, concat_layers: bool, attention: str = "dot",
+                 attention_scale: float = 1.0) -> None:
         super().__init__()
         self.input_proj = nn.Linear(dim, dim)
-        self.layers = nn.ModuleList(MPNLayer(dim, heads, dropout, null_key) for _ in range(layers))
+        self.layers = nn.ModuleList(MPNLayer(dim, heads, dropout, null_key, attention,
+                                             attention_scale) for _ in range(layers))
         self.concat_layers = concat_layers
         self.classifier = BNNeckClassifier(dim * layers if concat_layers else dim, num_classes)
 

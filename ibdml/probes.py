@@ -105,10 +105,10 @@ def records_attention(p: Params) -> bool:
 
 
 def typical_node(rec: AttentionRun, *, layer: int, head: int, probe: int = 0) -> int:
-    """The probe node whose same-class attention at the last epoch is the median of its batch: a
-    representative node to show, not the best one."""
+    """The probe node whose attention to the other nodes of its class at the last epoch is the
+    median of its batch: a representative node to show, not the best one."""
     a = rec.by_epoch[rec.epochs[-1]][layer, probe, head]  # [N, N]
-    same = same_class_mass(a, rec.labels[probe])  # [N]
+    same = same_class_mass(a, rec.labels[probe], include_self=False)  # [N]
     return int(torch.argsort(same)[len(same) // 2])
 
 
@@ -118,17 +118,18 @@ def summarise_record(rec: AttentionRun, null_key_treatment: Treatment = "renorma
         summary       attention.summarise: per epoch/layer/head KL, entropy, same-class, null mass
         verdicts      attention.edge_case_verdicts at the last epoch (and "verdicts_start" at 0)
         claim         counts over heads: above chance at the end, KL up by more than 1 % of
-                      log N, same-class mass up by more than the chance margin (0.01)
-        example       {layer, head, probe, node, class}: the head whose same-class mass rose most,
-                      its typical node (the notebooks' default view)
+                      log N, same-class mass (the node itself left out) up by more than the
+                      chance margin (0.01)
+        example       {layer, head, probe, node, class}: the head whose same-class mass (itself
+                      left out) rose most, its typical node (the notebooks' default view)
     """
     summary = summarise(rec.by_epoch, rec.labels, null_key_treatment=null_key_treatment)
     end, start = edge_case_verdicts(summary), edge_case_verdicts(summary, epoch=rec.epochs[0])
     heads, tol = end["heads"], end["thresholds"]
     # a change counts when it exceeds the verdicts' own margins (1 % of log N; chance_margin)
     moved = [h["kl_change"] > 0.01 * summary["kl_max"] for h in heads]
-    raised = [h["same_class_change"] > tol["chance_margin"] for h in heads]
-    best = max(heads, key=lambda h: h["same_class_change"])
+    raised = [h["same_class_excl_self_change"] > tol["chance_margin"] for h in heads]
+    best = max(heads, key=lambda h: h["same_class_excl_self_change"])
     node = typical_node(rec, layer=best["layer"], head=best["head"])
     return {
         "recorded": True, "epochs": rec.epochs, "summary": summary, "verdicts": end,

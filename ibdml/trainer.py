@@ -1,9 +1,10 @@
 """The training loop, as a function (paper §3.3; docs/method.md §5–6).
 
-RAdam with decoupled weight decay, a MultiStep learning-rate schedule, label-smoothed
-cross-entropy on the backbone and MPN heads. `Trainer` bundles everything one run mutates, so the
-run step (steps/train.py) can checkpoint it in one piece and resume exactly: training 2 epochs
-equals training 1 and resuming for 1. Nothing here touches a file.
+RAdam with decoupled weight decay (the MPN in its own parameter group, at lr × mpn_lr_multiplier),
+a MultiStep learning-rate schedule, label-smoothed cross-entropy on the backbone and MPN heads.
+`Trainer` bundles everything one run mutates, so the run step (steps/train.py) can checkpoint it
+in one piece and resume exactly: training 2 epochs equals training 1 and resuming for 1. Nothing
+here touches a file.
 
 On a GPU the network runs as device.py decides: bf16 autocast (unless amp: false), channels_last,
 pinned asynchronous copies; and the losses are read back in blocks of steps, not every step (see
@@ -94,9 +95,8 @@ def build_trainer(p: Params, train: Split, device: torch.device,
     its own rank; its running statistics are rank 0's (DDP broadcasts them every step)."""
     seed_everything(p.seed)
     model = devices.prepare_model(build_model(p, train.num_classes), device)  # CUDA: channels_last
-    params = [w for w in model.parameters() if w.requires_grad]  # the BN-neck bias stays frozen
-    optimizer = torch.optim.RAdam(params, lr=p.lr, weight_decay=p.weight_decay,
-                                  decoupled_weight_decay=True)
+    optimizer = torch.optim.RAdam(param_groups(model, p), lr=p.lr,
+                                  weight_decay=p.weight_decay, decoupled_weight_decay=True)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, p.lr_milestones, p.lr_gamma)
     sampler = ClassBalancedBatchSampler(train.labels, p.n_c, p.n_s, seed=p.seed,
                                         batch_shape=p.batch_shape, rank=world.rank,
@@ -107,12 +107,29 @@ def build_trainer(p: Params, train: Split, device: torch.device,
     return t
 
 
+def param_groups(model: IntraBatchModel, p: Params) -> list[dict]:
+    """The optimiser's parameter groups: group 0 the backbone at lr (steps/train.py logs group
+    0's lr as the run's lr), group 1 the MPN, when there is one and mpn_lr_multiplier is not 1,
+    at lr × mpn_lr_multiplier. The MultiStep schedule multiplies both by lr_gamma at each
+    milestone, so their ratio stays. At multiplier 1 the MPN shares group 0: the same updates,
+    and the optimiser state keeps the one-group layout of checkpoints written before the
+    multiplier existed, so they still resume. Frozen parameters (the BN-neck bias, mpn.py) are
+    left out."""
+    backbone = [w for w in model.backbone.parameters() if w.requires_grad]
+    mpn = [] if model.mpn is None else [w for w in model.mpn.parameters() if w.requires_grad]
+    if not mpn or p.mpn_lr_multiplier == 1:
+        return [{"params": backbone + mpn, "lr": p.lr}]
+    return [{"params": backbone, "lr": p.lr},
+            {"params": mpn, "lr": p.lr * p.mpn_lr_multiplier}]
+
+
 def _replicate(model: IntraBatchModel, p: Params, device: torch.device) -> nn.Module:
-    """`model` in DistributedDataParallel. With loss_heads: backbone the MPN never runs, so DDP
-    must look for parameters that got no gradient (find_unused_parameters)."""
+    """`model` in DistributedDataParallel. With loss_heads: backbone the MPN never runs, and with
+    mpn_attention uniform or self its q and k are never used (mpn.py), so DDP must look for
+    parameters that got no gradient (find_unused_parameters)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    unused = model.mpn is not None and p.loss_heads != "both"
+    unused = model.mpn is not None and (p.loss_heads != "both" or p.mpn_attention != "dot")
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
                                    find_unused_parameters=unused)
 

@@ -106,6 +106,11 @@ def test_summarise_structure_and_values_on_a_hand_made_record():
     assert np.allclose(s["same_class"], [[[0.5, 0.5]], [[1, 1]]])
     assert np.allclose(s["null_mass"], [[[0.2, 0.2]], [[0, 0.1]]])
     assert np.allclose(s["self_mass"], [[[0.25, 0.25]], [[1, 0.5]]])
+    # without the node itself: its partner's share; chance (n_same − 1) / N = 1/4
+    assert np.allclose(s["same_class_excl_self"], [[[0.25, 0.25]], [[0, 0.5]]])
+    assert s["same_class_excl_self_uniform"] == 0.25
+    assert s["most_selective_head"] == {"layer": 0, "head": 1, "same_class_excl_self":
+                                        pytest.approx(0.5), "excess": pytest.approx(0.25)}
     json.dumps(s)  # plain floats and lists only
     assert all(type(v) is float for v in np.ravel(s["kl"]).tolist())
 
@@ -143,8 +148,12 @@ def test_verdicts_tell_uniform_collapsed_and_class_focused_heads_apart():
     v = edge_case_verdicts(summarise(record, labels))
     assert v["epoch"] == 1 and [h["head"] for h in v["heads"]] == [0, 1, 2]
     assert [h["verdict"] for h in v["heads"]] == ["near uniform", "collapsed", "selective"]
-    # the couple is half itself: "above chance" only while the self-loop counts as same class
-    assert [h["above_chance"] for h in v["heads"]] == [False, True, True]
+    # the couple is half itself, half another class: its same-class mass with itself (0.5) is
+    # above chance (1/3), but "above chance" reads the mass without itself (0 < 3/12)
+    assert [h["above_chance"] for h in v["heads"]] == [False, False, True]
+    assert v["heads"][1]["same_class"] == pytest.approx(0.5)
+    assert v["heads"][1]["same_class_excl_self"] == 0 and v["heads"][1]["self_mass"] == 0.5
+    assert v["heads"][2]["same_class_excl_self_uniform"] == pytest.approx(3 / 12)
     others = edge_case_verdicts(summarise(record, labels, include_self=False))
     assert [h["above_chance"] for h in others["heads"]] == [False, False, True]
     assert v["heads"][1]["effective_nodes"] == pytest.approx(2.0)
@@ -157,3 +166,21 @@ def test_verdicts_tell_uniform_collapsed_and_class_focused_heads_apart():
     assert edge_case_verdicts(summarise(record, labels), epoch=0)["heads"][2]["verdict"] == \
         "near uniform"
     json.dumps(v)
+
+
+def test_a_head_attending_to_itself_alone_is_not_above_chance_and_uniform_sits_at_chance():
+    """What mpn_attention: self and uniform record (mpn.py): identity and 1/N rows."""
+    labels = torch.tensor([[0, 0, 0, 1, 1, 2]])  # n_same − 1 = [2, 2, 2, 1, 1, 0] → chance 8/36
+    eye, flat = torch.eye(6), torch.full((6, 6), 1 / 6)
+    record = [torch.stack([flat, eye])[None, None]]  # [1, 1, 2, 6, 6]: head 0 uniform, 1 self
+    s = summarise(record, labels)
+    assert s["kl"][0][0] == pytest.approx([0, math.log(6)], abs=1e-6)
+    assert s["same_class_excl_self"][0][0] == pytest.approx([8 / 36, 0])
+    assert s["self_mass"][0][0] == pytest.approx([1 / 6, 1])
+    assert s["same_class_excl_self_uniform"] == pytest.approx(8 / 36)
+    assert s["same_class"][0][0][1] == 1  # with itself, the self head looks perfectly selective
+    assert s["most_selective_head"]["head"] == 0
+    assert s["most_selective_head"]["excess"] == pytest.approx(0, abs=1e-6)
+    v = edge_case_verdicts(s)
+    assert [h["above_chance"] for h in v["heads"]] == [False, False]
+    assert [h["verdict"] for h in v["heads"]] == ["near uniform", "collapsed"]

@@ -14,7 +14,7 @@ from ibdml.figures import attention_plotly as interactive
 from ibdml.figures.attention import (attention_figures, attention_heatmap, heatmap_data,
                                      kl_curves, kl_curves_data, node_attention_bars,
                                      node_bars_data, same_class_curves, same_class_curves_data,
-                                     verdict_table)
+                                     self_mass_curves, self_mass_curves_data, verdict_table)
 from ibdml.mpn import attention_weights
 
 E, L, P, H, N = 3, 2, 2, 2, 6
@@ -46,12 +46,20 @@ def test_kl_curves_one_line_per_layer_head_with_uniform_and_collapsed_references
     assert "log (N+1)" in extra.layout.annotations[0].text
 
 
-def test_same_class_curves_show_the_uniform_level(record):
+def test_same_class_curves_leave_the_node_out_and_show_the_uniform_level(record):
     s = summarise(*record)
     fig = same_class_curves(s)
-    # probe 0: 2 of 6 nodes share each class, probe 1: 3 of 6 → mean 5/12
-    assert len(fig.data) == L * H and hline_ys(fig) == pytest.approx([5 / 12])
-    assert list(fig.data[0].y) == [s["same_class"][e][0][0] for e in range(E)]
+    # probe 0: 1 classmate of 6 nodes, probe 1: 2 of 6 → chance (n_same − 1)/N = 1/4
+    assert len(fig.data) == L * H and hline_ys(fig) == pytest.approx([1 / 4])
+    assert list(fig.data[0].y) == [s["same_class_excl_self"][e][0][0] for e in range(E)]
+    assert "left out" in fig.layout.title.text
+
+
+def test_self_mass_curves_between_uniform_and_self_only(record):
+    s = summarise(*record)
+    fig = self_mass_curves(s)
+    assert len(fig.data) == L * H and hline_ys(fig) == pytest.approx([1 / N, 1])
+    assert list(fig.data[-1].y) == [s["self_mass"][e][L - 1][H - 1] for e in range(E)]
 
 
 def test_node_attention_bars_one_panel_per_epoch_n_bars_each(record):
@@ -113,7 +121,8 @@ def test_attention_heatmap_is_sorted_by_class_with_boundaries_and_hover(record):
 # ---- the two renderers draw the same data ------------------------------------------------------
 
 def test_head_curves_plotly_lines_and_matplotlib_lines_are_the_same_data(record):
-    for data in (kl_curves_data(summarise(*record)), same_class_curves_data(summarise(*record))):
+    s = summarise(*record)
+    for data in (kl_curves_data(s), same_class_curves_data(s), self_mass_curves_data(s)):
         fig, png = interactive.head_curves(data), static.head_curves(data)
         (ax,) = png.axes
         curves = [line for line in ax.lines if len(line.get_xdata()) == E]
@@ -156,8 +165,8 @@ def test_attention_figures_returns_each_saved_figure_in_both_libraries(record):
     attn, labels = record
     figures = attention_figures(summarise(*record), attn, labels, layer=0, head=1, probe=1,
                                 node=3)
-    assert list(figures) == ["attention_kl", "attention_same_class", "attention_node",
-                             "attention_heatmap"]
+    assert list(figures) == ["attention_kl", "attention_same_class", "attention_self",
+                             "attention_node", "attention_heatmap"]
     for fig, png in figures.values():
         assert isinstance(png, Figure) and fig.layout.title.text
     heat, heat_png = figures["attention_heatmap"]
@@ -172,3 +181,4 @@ def test_verdict_table_one_row_per_head_first_and_last_epoch(record):
     lines = table.splitlines()
     assert lines[0].startswith("| layer · head | epoch 0 | epoch 2 |")
     assert len(lines) == 2 + L * H and lines[2].startswith("| 0 · 0 |")
+    assert "without itself (chance)" in lines[0] and lines[0].endswith("self mass |")

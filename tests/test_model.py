@@ -103,3 +103,14 @@ def test_imagenet_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch):
     torch.save(source.state_dict(), file)  # where torchvision's weights API looks first
     loaded = Backbone("resnet18", 10, pretrained="imagenet")
     torch.testing.assert_close(loaded.trunk[0].weight, source.conv1.weight)
+
+
+def test_attention_mode_and_scale_are_wired_from_params():
+    model = build_model(small(mpn_attention="uniform", attention_scale=2.0), num_classes=7)
+    att = model.mpn.layers[0].attention
+    assert (att.mode, att.scale) == ("uniform", 2.0)
+    out = model.eval()(torch.randn(6, 3, 32, 32), return_attention=True)
+    torch.testing.assert_close(out.attention, torch.full((1, 2, 6, 6), 1 / 6))
+    out = build_model(small(mpn_attention="self"), 7).eval()(torch.randn(6, 3, 32, 32),
+                                                             return_attention=True)
+    torch.testing.assert_close(out.attention, torch.eye(6).expand(1, 2, 6, 6))

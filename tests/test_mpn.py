@@ -83,3 +83,65 @@ def test_features_without_logits_are_the_same():
         full, bare = mpn(x), mpn(x, return_logits=False)
     assert bare.logits is None
     torch.testing.assert_close(full.features, bare.features)
+
+
+def ablation_attention(mode, N=5, dim=8, heads=2):
+    torch.manual_seed(0)
+    att = MultiHeadDotProductAttention(dim, heads, dropout=0.3, null_key=True, mode=mode).eval()
+    return att, torch.randn(1, N, dim)  # h [1, N, D]
+
+
+def test_uniform_attention_gives_every_node_the_batch_mean_of_the_values():
+    att, h = ablation_attention("uniform")
+    with torch.no_grad():
+        msg, attn = att(h)
+        expected = att.out(att.v(h).mean(1, keepdim=True)).expand_as(msg)  # out(mean_j v_j)
+    torch.testing.assert_close(msg, expected)
+    torch.testing.assert_close(attn, torch.full((1, 2, 5, 5), 1 / 5))  # rows sum to 1: no null key
+
+
+def test_self_attention_gives_each_node_its_own_value():
+    att, h = ablation_attention("self")
+    with torch.no_grad():
+        msg, attn = att(h)
+        expected = att.out(att.v(h))  # out(v_i) for every node i
+    torch.testing.assert_close(msg, expected)
+    torch.testing.assert_close(attn, torch.eye(5).expand(1, 2, 5, 5))
+
+
+@pytest.mark.parametrize("mode", ["uniform", "self"])
+def test_ablations_keep_the_parameter_set_and_stay_equivariant(mode):
+    torch.manual_seed(0)
+    dot = make_mpn()
+    torch.manual_seed(0)
+    ablation = MessagePassingNetwork(32, 5, layers=2, heads=4, dropout=0.1, null_key=True,
+                                     concat_layers=False, attention=mode).eval()
+    assert [n for n, _ in ablation.named_parameters()] == [n for n, _ in dot.named_parameters()]
+    x = torch.randn(1, 7, 32)
+    perm = torch.randperm(7)
+    with torch.no_grad():
+        a, b = ablation(x, return_attention=True), ablation(x[:, perm], return_attention=True)
+    torch.testing.assert_close(b.features, a.features[:, perm], atol=1e-5, rtol=1e-5)
+    assert a.attention.shape == (2, 1, 4, 7, 7)
+
+
+def test_unknown_attention_mode_is_refused():
+    with pytest.raises(ValueError, match="dot"):
+        MultiHeadDotProductAttention(8, 2, dropout=0.0, null_key=True, mode="mean")
+
+
+def test_attention_scale_one_is_the_method_and_larger_scales_sharpen():
+    torch.manual_seed(0)
+    h = torch.randn(1, 9, 16)
+    entropies = []
+    for scale in (1.0, 4.0):
+        torch.manual_seed(1)
+        att = MultiHeadDotProductAttention(16, 2, 0.0, null_key=False, scale=scale).eval()
+        with torch.no_grad():
+            entropies.append(-torch.xlogy(att(h)[1], att(h)[1]).sum(-1).mean())
+        if scale == 1.0:  # unchanged: softmax(q·k / √(D/H)) by hand
+            q = att.q(h).view(1, 9, 2, 8).transpose(1, 2)
+            k = att.k(h).view(1, 9, 2, 8).transpose(1, 2)
+            torch.testing.assert_close(att(h)[1], (q @ k.transpose(-2, -1) / math.sqrt(8))
+                                       .softmax(-1))
+    assert entropies[1] < entropies[0]

@@ -130,3 +130,35 @@ def test_select_on_val_writes_best_checkpoint(glyph_root, tmp_path):
     assert rows == history  # on_epoch sees every new row
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     assert best["best"] == max(r["val"]["recall_at_k"]["1"] for r in history)
+
+
+def test_mpn_has_its_own_learning_rate_group_and_both_follow_the_schedule():
+    from ibdml.data.folder import Split
+    from ibdml.trainer import build_trainer
+
+    labels = torch.arange(8).repeat_interleave(4).numpy()  # 8 classes × 4 images
+    split = Split("train", [Path(f"{i}.png") for i in range(32)], labels,
+                  [str(c) for c in range(8)])
+    p = load_params(None, {"embedding_dim": 32, "n_c": 2, "n_s": 2, "lr": 1e-3,
+                           "mpn_lr_multiplier": 10.0, "lr_milestones": [1], "lr_gamma": 0.1})
+    t = build_trainer(p, split, torch.device("cpu"))
+    backbone, mpn = t.optimizer.param_groups  # group 0 (the one steps/train.py logs): backbone
+    assert backbone["lr"] == pytest.approx(1e-3) and mpn["lr"] == pytest.approx(1e-2)
+    assert {id(w) for w in mpn["params"]} == {
+        id(w) for w in t.model.mpn.parameters() if w.requires_grad}
+    assert id(t.model.mpn.classifier.bn.bias) not in {id(w) for w in mpn["params"]}  # frozen
+    n = sum(1 for w in t.model.parameters() if w.requires_grad)
+    assert len(backbone["params"]) + len(mpn["params"]) == n
+    t.optimizer.step()
+    t.scheduler.step()  # past the milestone: both groups × 0.1
+    assert [g["lr"] for g in t.optimizer.param_groups] == pytest.approx([1e-4, 1e-3])
+    ce_only = load_params(None, {"embedding_dim": 32, "n_c": 2, "n_s": 2, "mpn_layers": 0,
+                                 "loss_heads": "backbone"})
+    assert len(build_trainer(ce_only, split, torch.device("cpu")).optimizer.param_groups) == 1
+    # at multiplier 1 the MPN shares the one group, in the model's parameter order: the layout
+    # of checkpoints written before the multiplier existed
+    same = build_trainer(load_params(None, {"embedding_dim": 32, "n_c": 2, "n_s": 2}), split,
+                         torch.device("cpu"))
+    (group,) = same.optimizer.param_groups
+    assert [id(w) for w in group["params"]] == [
+        id(w) for w in same.model.parameters() if w.requires_grad]

@@ -1,6 +1,7 @@
 """The attention figures (paper claim 3; docs/method.md §13.3): the KL-from-uniform curves per
-head (the seed's Figure 1), the same-class share against chance, one node's attention over epochs
-(the seed's Figure 2) and a probe batch's attention matrix sorted by class; and the verdict table.
+head (the seed's Figure 1), the same-class share without the node itself against chance, the
+self mass, one node's attention over epochs (the seed's Figure 2) and a probe batch's attention
+matrix sorted by class; and the verdict table.
 
 Each figure's data is computed once (`attention_data`) and drawn by plotly for notebooks, the
 report and the explorer (`attention_plotly`), or by matplotlib for PNGs (`attention_matplotlib`).
@@ -21,7 +22,8 @@ from ibdml.attention import AttentionRecord, epoch_numbers
 from ibdml.figures import attention_matplotlib as static
 from ibdml.figures import attention_plotly as interactive
 from ibdml.figures.attention_data import (HeadCurves, Heatmap, NodeBars, heatmap_data,
-                                          kl_curves_data, node_bars_data, same_class_curves_data)
+                                          kl_curves_data, node_bars_data, same_class_curves_data,
+                                          self_mass_curves_data)
 
 # each figure's data → (its plotly renderer, its matplotlib renderer)
 RENDERERS = {HeadCurves: (interactive.head_curves, static.head_curves),
@@ -30,7 +32,8 @@ RENDERERS = {HeadCurves: (interactive.head_curves, static.head_curves),
 
 __all__ = ["HeadCurves", "Heatmap", "NodeBars", "attention_figures", "attention_heatmap",
            "heatmap_data", "kl_curves", "kl_curves_data", "node_attention_bars",
-           "node_bars_data", "same_class_curves", "same_class_curves_data", "verdict_table"]
+           "node_bars_data", "same_class_curves", "same_class_curves_data", "self_mass_curves",
+           "self_mass_curves_data", "verdict_table"]
 
 
 def kl_curves(summary: dict) -> go.Figure:
@@ -39,8 +42,14 @@ def kl_curves(summary: dict) -> go.Figure:
 
 
 def same_class_curves(summary: dict) -> go.Figure:
-    """Same-class share per head over epochs against chance, from `attention.summarise`."""
+    """Same-class share per head over epochs, the node itself left out, against chance
+    ((n_same − 1)/N), from `attention.summarise`."""
     return interactive.head_curves(same_class_curves_data(summary))
+
+
+def self_mass_curves(summary: dict) -> go.Figure:
+    """Attention on the node itself per head over epochs (1/N uniform, 1 self only)."""
+    return interactive.head_curves(self_mass_curves_data(summary))
 
 
 def node_attention_bars(attention_by_epoch: AttentionRecord, labels: torch.Tensor | np.ndarray,
@@ -66,14 +75,16 @@ def attention_heatmap(attention_by_epoch: AttentionRecord, labels: torch.Tensor 
 def attention_figures(summary: dict, attention_by_epoch: AttentionRecord,
                       labels: torch.Tensor | np.ndarray, *, layer: int, head: int, probe: int,
                       node: int) -> dict[str, tuple[go.Figure, Figure]]:
-    """The four attention figures a run saves, {file stem: (plotly figure, matplotlib figure)},
-    each pair drawn from one computation of its data: attention_kl, attention_same_class,
-    attention_node (`node` at up to 5 epochs) and attention_heatmap (the last recorded epoch)."""
+    """The five attention figures a run saves, {file stem: (plotly figure, matplotlib figure)},
+    each pair drawn from one computation of its data: attention_kl, attention_same_class (the
+    node itself left out), attention_self, attention_node (`node` at up to 5 epochs) and
+    attention_heatmap (the last recorded epoch)."""
     view = dict(layer=layer, head=head, probe=probe)
     last = epoch_numbers(attention_by_epoch)[-1]
     data = {
         "attention_kl": kl_curves_data(summary),
         "attention_same_class": same_class_curves_data(summary),
+        "attention_self": self_mass_curves_data(summary),
         "attention_node": node_bars_data(attention_by_epoch, labels, node=node, **view),
         "attention_heatmap": heatmap_data(attention_by_epoch, labels, epoch=last, **view)}
     return {stem: tuple(draw(d) for draw in RENDERERS[type(d)]) for stem, d in data.items()}
@@ -81,14 +92,16 @@ def attention_figures(summary: dict, attention_by_epoch: AttentionRecord,
 
 def verdict_table(start: dict, end: dict) -> str:
     """Markdown: each layer/head's edge-case verdict (`attention.edge_case_verdicts`) before
-    training and at the end, with its KL, effective nodes and same-class mass against chance."""
+    training and at the end, with its KL, effective nodes, same-class mass without the node itself
+    against chance ((n_same − 1)/N) and self mass."""
     lines = [f"| layer · head | epoch {start['epoch']} | epoch {end['epoch']} | "
-             "KL (share of log N) | effective nodes | same-class mass (chance) |",
-             "|---|---|---|---|---|---|"]
+             "KL (share of log N) | effective nodes | same-class mass without itself (chance) | "
+             "self mass |", "|---|---|---|---|---|---|---|"]
     for s, e in zip(start["heads"], end["heads"]):
         lines.append(f"| {e['layer']} · {e['head']} | {s['verdict']} | **{e['verdict']}** | "
                      f"{s['kl']:.3f} → {e['kl']:.3f} ({e['kl_fraction']:.0%}) | "
                      f"{s['effective_nodes']:.1f} → {e['effective_nodes']:.1f} | "
-                     f"{s['same_class']:.3f} → {e['same_class']:.3f} "
-                     f"({e['same_class_uniform']:.3f}) |")
+                     f"{s['same_class_excl_self']:.3f} → {e['same_class_excl_self']:.3f} "
+                     f"({e['same_class_excl_self_uniform']:.3f}) | "
+                     f"{s['self_mass']:.3f} → {e['self_mass']:.3f} |")
     return "\n".join(lines)

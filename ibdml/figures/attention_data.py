@@ -137,16 +137,31 @@ def kl_curves_data(summary: dict) -> HeadCurves:
 
 
 def same_class_curves_data(summary: dict) -> HeadCurves:
-    """Same-class share of each head's attention over epochs, against the level plain averaging
-    gives (n_same / N): above it, nodes attend more strongly to their own class."""
-    self_note = "" if summary["include_self"] else ", self excluded"
+    """Each head's attention on the node's own class, the node itself left out, over epochs,
+    against the level uniform attention gives ((n_same − 1) / N, docs/method.md §13.3): above it,
+    nodes attend to their classmates more than plain averaging does. Leaving the node out keeps a
+    head that attends to itself alone (`self_mass_curves_data`) from reading as class-selective."""
     return HeadCurves(
-        title="same-class share of attention per head (mean over nodes and probes; rows "
-              f"renormalised{self_note})",
-        y_title="same-class attention mass", epochs=list(summary["epochs"]),
-        lines=_head_lines(summary, "same_class"),
-        references=[Reference(summary["same_class_uniform"], "uniform attention (chance)")],
+        title="same-class share of attention per head, the node itself left out (mean over "
+              "nodes and probes; rows renormalised over the N nodes)",
+        y_title="same-class mass without itself", epochs=list(summary["epochs"]),
+        lines=_head_lines(summary, "same_class_excl_self"),
+        references=[Reference(summary["same_class_excl_self_uniform"],
+                              "uniform attention (chance): (n_same − 1)/N")],
         y_range=(0.0, 1.02))
+
+
+def self_mass_curves_data(summary: dict) -> HeadCurves:
+    """Each head's attention on the node itself over epochs: 1/N under uniform attention, 1 when
+    every node attends to itself alone (no message passing, like mpn_attention: self)."""
+    return HeadCurves(
+        title="attention on the node itself per head (mean over nodes and probes; rows "
+              "renormalised)",
+        y_title="self mass", epochs=list(summary["epochs"]),
+        lines=_head_lines(summary, "self_mass"),
+        references=[Reference(1 / summary["nodes"], "uniform attention: 1/N", "right"),
+                    Reference(1.0, "1: each node attends to itself alone")],
+        y_range=(0.0, 1.08))
 
 
 def node_bars_data(attention_by_epoch: AttentionRecord, labels: torch.Tensor | np.ndarray, *,

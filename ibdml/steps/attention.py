@@ -3,7 +3,10 @@
     <run>/attention/probes.json      labels [P][N], train-split indices [P][N], image paths,
                                      class names, and what the arrays hold
     <run>/attention/epoch_0000.npy   [L, P, H, N, N] float16 after epoch e (0 = before training)
-    <run>/attention_summary.json     per-head curves, edge-case verdicts, the node to show
+    <run>/attention_summary.json     per-head curves, edge-case verdicts, the node to show;
+                                     ["summary"] is attention.summarise: kl, self_mass,
+                                     same_class_excl_self [E][L][H] and its chance level
+                                     same_class_excl_self_uniform, kl_max, epochs, ...
     <run>/figures/attention_*.{html,png}
 
 One file per epoch, so an interrupted run resumes without rewriting history and a 70-epoch paper
@@ -44,6 +47,7 @@ def write_probe_info(run_dir: Path, probes: Probes, split: Split, p: Params) -> 
                   "epoch 0 = before training; eval mode, no_grad",
         "layers": p.mpn_layers, "probes": p.attention_probes, "heads": p.mpn_heads,
         "nodes": p.batch_size, "n_c": p.n_c, "n_s": p.n_s, "null_key": p.attention_null_key,
+        "mpn_attention": p.mpn_attention,  # uniform: rows 1/N; self: the identity (mpn.py)
         "labels": probes.labels.tolist(), "indices": probes.indices.tolist(),
         "class_names": [[split.class_names[int(c)] for c in row] for row in probes.labels],
         "paths": [[str(split.paths[int(i)]) for i in row] for row in probes.indices]})
