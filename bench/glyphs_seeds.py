@@ -1,9 +1,10 @@
 """Glyphs: the CE-only baseline and the MPN-trained backbone over several seeds, same budget,
 against raw-pixel k-NN and the untrained network. Prints a markdown table (mean ± std) and writes
-the per-run numbers to <out>/summary.json. The runs are the claims study's (ibdml.steps.claims):
-Ray tasks, in parallel on this machine's cores, resumed when run again.
+the per-run numbers to <out>/summary.json. The runs are the claims study's (ibdml.steps.claims,
+every variant): Ray tasks, in parallel on this machine's cores, resumed when run again; by default
+in the claims study's own folder, so after `make claims` nothing is trained again.
 
-    .venv/bin/python bench/glyphs_seeds.py [--seeds 0 1 2] [--out outputs/glyphs-seeds] [-p key=value ...]
+    .venv/bin/python bench/glyphs_seeds.py [--seeds 0 1 2 3 4] [--out outputs/claims] [-p key=value ...]
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def table(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params/glyphs.yaml")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default="outputs/glyphs-seeds")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--out", default="outputs/claims")
     ap.add_argument("-p", dest="override", action="append", default=[])
     args = ap.parse_args()
     results = run_all(args.params, args.seeds, Path(args.out), args.override)

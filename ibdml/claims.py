@@ -1,31 +1,41 @@
-"""The statistics of the claims study (paper claims 1–3, notebooks/05_claims): mean ± std over
-seeds, paired per-seed differences and their verdicts, and the tables the notebook shows. Pure:
-steps/claims.py trains the runs and reads their files into these functions.
+"""The statistics of the claims study (paper claims 1–3 and what the MPN's gain is made of;
+notebooks/05_claims). Pure: steps/claims.py trains the runs and reads their files into these
+functions; every comparison is paired per seed and judged by its 95 % interval (verdicts.py).
 
-    claim 1  the MPN-trained backbone beats the CE-only one (MPN dropped at test time)
-    claim 2  MPN at inference improves on the backbone features it refines
-    claim 3  attention reaches a node's own class more than uniform attention would, and
-             sharpens (KL from uniform grows) over training
+    claim 1   the MPN-trained backbone beats the CE-only one (MPN dropped at test time)
+    claim 2   MPN at inference improves on the backbone features it refines
+    ablation  which part of the MPN the gain needs: the method (dot-product attention) against
+              the same MPN with uniform attention (every node receives the batch mean: messages,
+              but none learned) and with self attention (each node only itself: the same layers,
+              parameters and second classifier, but no messages) — docs/results.md
+    claim 3   attention reaches a node's own class (other nodes of it: the node itself excluded)
+              more than uniform attention would, and sharpens (KL from uniform grows) over
+              training; judged per head and on each seed's most selective head
 """
 
 from __future__ import annotations
 
-import math
-import statistics
-from collections.abc import Sequence
+from ibdml.verdicts import mean_std, paired_comparison
 
-from ibdml.paper import PAPER, PAPER_MPN_INFERENCE_R1
-
-# A same-class mass counts as above chance, and a KL change as sharpening, beyond these margins
-# (the ones attention.edge_case_verdicts and steps/attention.summarise_run use).
-CHANCE_MARGIN, KL_FRACTION = 0.01, 0.01
-
-
-def mean_std(values: Sequence[float]) -> dict:
-    """{mean, std (sample, 0 for one value), n, values}."""
-    values = [float(v) for v in values]
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "n": len(values), "values": values}
+# The study's variants: {name: (label, parameter changes)}; every other parameter is shared.
+VARIANTS = {
+    "ce": ("CE-only", {"mpn_layers": 0, "loss_heads": "backbone"}),
+    "mpn": ("MPN (dot-product attention)", {}),
+    "mpn-uniform": ("MPN, uniform attention", {"mpn_attention": "uniform"}),
+    "mpn-self": ("MPN, self attention only", {"mpn_attention": "self"}),
+}
+# The ablation: {key: (side a, side b, the question b − a answers)}.
+ABLATION = {
+    "needs_message_passing": ("mpn-self", "mpn", "Does the gain need messages between samples? "
+                              "dot-product attention against self attention only"),
+    "needs_learned_attention": ("mpn-uniform", "mpn", "Does it need learned attention? "
+                                "dot-product attention against uniform averaging"),
+    "layers_alone": ("ce", "mpn-self", "What do the MPN's layers and second classifier give "
+                     "without messages? self attention only against CE-only"),
+    "averaging": ("ce", "mpn-uniform", "What does plain averaging over the batch give? uniform "
+                  "attention against CE-only"),
+}
+METRICS = ("R@1", "MAP@R", "NMI")
 
 
 def retrieval_metrics(m: dict) -> dict[str, float]:
@@ -36,20 +46,22 @@ def retrieval_metrics(m: dict) -> dict[str, float]:
     return out
 
 
-def paired(a: list[dict[str, float]], b: list[dict[str, float]],
-            names: tuple[str, str]) -> dict[str, dict]:
-    """Per metric: a and b over seeds (under `names`), and the paired differences b − a."""
-    return {k: {names[0]: mean_std([x[k] for x in a]), names[1]: mean_std([y[k] for y in b]),
-                "difference": mean_std([y[k] - x[k] for x, y in zip(a, b)])}
-            for k in a[0] if all(k in y for y in b)}
+def standard_errors(m: dict) -> dict[str, float]:
+    """The standard errors over test queries of `retrieval_metrics(m)`, where m carries them."""
+    se = m.get("standard_error") or {}
+    out = {"R@1": se.get("recall_at_k", {}).get("1"), "MAP@R": se.get("map_at_r"),
+           "NMI": se.get("nmi")}
+    return {k: v for k, v in out.items() if v is not None}
 
 
-def verdict(differences: Sequence[float]) -> str:
-    """'holds' when every seed's paired difference is positive, 'does not hold' when none is,
-    'mixed' otherwise."""
-    if all(d > 0 for d in differences):
-        return "holds"
-    return "does not hold" if all(d <= 0 for d in differences) else "mixed"
+def compare(a: list[dict], b: list[dict], bootstraps: dict[str, dict] | None = None
+            ) -> dict[str, dict]:
+    """Per metric: `paired_comparison` of metrics dicts a and b (one per seed, same seed order).
+    bootstraps {metric: paired bootstrap over queries} serve when there is one seed."""
+    a, b = [retrieval_metrics(m) for m in a], [retrieval_metrics(m) for m in b]
+    return {k: paired_comparison([x[k] for x in a], [y[k] for y in b],
+                                 (bootstraps or {}).get(k))
+            for k in METRICS if all(k in x for x in a) and all(k in y for y in b)}
 
 
 def budget(params: dict) -> dict:
@@ -58,116 +70,50 @@ def budget(params: dict) -> dict:
     return {k: params[k] for k in keys}
 
 
+def runs_summary(metrics: dict[str, list[dict]], seeds: list[int]) -> dict:
+    """{variant: {seed: {metric: value, metric + " SE": standard error over queries}}}."""
+    return {v: {str(s): {**retrieval_metrics(m),
+                         **{f"{k} SE": se for k, se in standard_errors(m).items()}}
+                for s, m in zip(seeds, ms)}
+            for v, ms in metrics.items()}
+
+
 def claim3(attention: list[dict]) -> dict:
-    """Mean over heads of KL from uniform and same-class mass, first vs last recorded epoch, per
-    seed; the verdicts of attention.edge_case_verdicts at the end."""
+    """Claim 3 from each seed's attention_summary.json (same heads and epochs in every seed).
+
+    Per head, over seeds: the same-class mass excluding the node itself at the last recorded
+    epoch against what uniform attention gives it ("own class above chance"), and the KL from
+    uniform at the last against the first recorded epoch ("sharpens"); the self mass beside.
+    The verdicts are taken from each seed's most selective head (largest same-class mass above
+    chance at the end), so one selective head cannot be averaged away; with several heads that
+    maximum is biased upward, which is why every head is also reported on its own."""
     if not all(a["recorded"] for a in attention):
         return {"recorded": False, "reason": next(a["reason"] for a in attention
                                                   if not a["recorded"])}
+    s = [a["summary"] for a in attention]
+    chance, kl_max = s[0]["same_class_excl_self_uniform"], s[0]["kl_max"]
+    heads = [(layer, head) for layer in range(len(s[0]["kl"][0]))
+             for head in range(len(s[0]["kl"][0][0]))]
 
-    def heads_mean(a: dict, key: str, epoch: int) -> float:
-        return statistics.fmean(v for layer in a["summary"][key][epoch] for v in layer)
+    def at(x: dict, key: str, epoch: int, lh: tuple[int, int]) -> float:
+        return x[key][epoch][lh[0]][lh[1]]
 
-    kl = {"start": mean_std([heads_mean(a, "kl", 0) for a in attention]),
-          "end": mean_std([heads_mean(a, "kl", -1) for a in attention])}
-    same = {"start": mean_std([heads_mean(a, "same_class", 0) for a in attention]),
-            "end": mean_std([heads_mean(a, "same_class", -1) for a in attention])}
-    chance = attention[0]["summary"]["same_class_uniform"]
-    kl_max = attention[0]["summary"]["kl_max"]
-    above = [v - chance - CHANCE_MARGIN for v in same["end"]["values"]]
-    sharper = [e - s - KL_FRACTION * kl_max for s, e in zip(kl["start"]["values"],
-                                                           kl["end"]["values"])]
-    labels = [h["verdict"] for a in attention for h in a["verdicts"]["heads"]]
-    return {"recorded": True, "kl": kl, "same_class": same, "chance": chance, "kl_max": kl_max,
-            "epochs": [attention[0]["epochs"][0], attention[0]["epochs"][-1]],
-            "head_verdicts": {v: labels.count(v) for v in sorted(set(labels))},
-            "verdicts": {"own class above chance": verdict(above),
-                         "sharpens (KL from uniform grows)": verdict(sharper)}}
+    def head_result(pick: list[tuple[int, int]]) -> dict:  # one (layer, head) per seed
+        same = [at(x, "same_class_excl_self", -1, lh) for x, lh in zip(s, pick)]
+        return {"own class above chance": paired_comparison([chance] * len(s), same),
+                "sharpens": paired_comparison([at(x, "kl", 0, lh) for x, lh in zip(s, pick)],
+                                              [at(x, "kl", -1, lh) for x, lh in zip(s, pick)]),
+                "self_mass": mean_std([at(x, "self_mass", -1, lh) for x, lh in zip(s, pick)]),
+                "same_class_excl_self_start": mean_std(
+                    [at(x, "same_class_excl_self", 0, lh) for x, lh in zip(s, pick)])}
 
-
-def comparison_rows(recipe: str, metrics: dict, with_mpn: dict | None | str) -> list[dict]:
-    """The rows setting one paper-recipe run (its metrics.json, and its mpn_inference.json's
-    with_mpn, or "absent" when there is none) beside the paper's numbers, in percent."""
-    paper, protocol = PAPER[recipe], metrics["protocol"]
-    rows = []
-    for k, value in paper["recall_at_k"].items():
-        ours = metrics["recall_at_k"].get(k)
-        rows.append(_row(recipe, f"R@{k}", value, _percent(ours), protocol))
-    if paper["nmi"] is not None:
-        rows.append(_row(recipe, "NMI", paper["nmi"], _percent(metrics.get("nmi")), protocol))
-    if recipe in PAPER_MPN_INFERENCE_R1 and with_mpn != "absent":
-        ours = None if with_mpn is None else with_mpn["recall_at_k"]["1"]
-        rows.append(_row(recipe, "R@1, MPN at inference (paper value inferred)",
-                         PAPER_MPN_INFERENCE_R1[recipe], _percent(ours), protocol))
-    return rows
-
-
-def _percent(x: float | None) -> float | None:
-    return None if x is None else 100 * x
-
-
-def _row(recipe: str, metric: str, paper: float, ours: float | None, protocol: str) -> dict:
-    diff = None if ours is None or math.isnan(ours) else round(ours - paper, 2)
-    return {"recipe": recipe, "metric": metric, "paper": paper,
-            "ours": None if ours is None else round(ours, 2), "difference_pp": diff,
-            "protocol": protocol}
-
-
-def claim_table(metrics: dict[str, dict], names: tuple[str, str],
-                headers: tuple[str, str]) -> str:
-    """Markdown: per metric, both sides and the paired difference as mean ± std over seeds."""
-    def cell(x: dict, sign: str = "") -> str:
-        return f"{x['mean']:{sign}.3f} ± {x['std']:.3f}"
-
-    lines = [f"| metric | {headers[0]} | {headers[1]} | difference (paired) | seeds where it is "
-             "higher |", "|---|---|---|---|---|"]
-    for k, m in metrics.items():
-        wins = sum(d > 0 for d in m["difference"]["values"])
-        lines.append(f"| {k} | {cell(m[names[0]])} | {cell(m[names[1]])} | "
-                     f"{cell(m['difference'], '+')} | {wins} of {m['difference']['n']} |")
-    return "\n".join(lines)
-
-
-def comparison_table(paper: dict) -> str:
-    """Markdown of `paper_comparison`: the rows, then which recipes have no run yet."""
-    def num(x: float | None, sign: str = "") -> str:
-        return "—" if x is None else f"{x:{sign}.1f}"
-
-    lines = []
-    if paper["rows"]:
-        lines = ["| recipe | metric | paper | ours | difference (pp) | protocol |",
-                 "|---|---|---|---|---|---|"]
-        lines += [f"| {r['recipe']} | {r['metric']} | {num(r['paper'])} | {num(r['ours'])} | "
-                  f"{num(r['difference_pp'], '+')} | {r['protocol']} |" for r in paper["rows"]]
-    if paper["missing"]:
-        lines.append("\nNo run yet for: " + ", ".join(f"`{m}`" for m in paper["missing"])
-                     + " (train one on a GPU with `ibdml run params/<recipe>.yaml --out "
-                     "outputs/<recipe>` beside this study's folder).")
-    return "\n".join(lines)
-
-
-def verdict_text(verdicts: dict[str, str]) -> str:
-    """Markdown: every verdict in bold, e.g. "**R@1: holds.** **MAP@R: mixed.**"."""
-    return " ".join(f"**{k}: {v}.**" for k, v in verdicts.items())
-
-
-def claim3_table(c3: dict) -> str:
-    """Markdown of `claim3`: KL from uniform and same-class mass at the first and last recorded
-    epoch (mean ± std over seeds) against their references, the heads' edge-case labels and the
-    verdicts; or the reason nothing was recorded."""
-    if not c3["recorded"]:
-        return f"**{c3['reason']}.**"
-
-    def cell(x: dict, digits: int) -> str:
-        return f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}"
-
-    first, last = c3["epochs"]
-    kl, same = c3["kl"], c3["same_class"]
-    counts = ", ".join(f"{n} {v}" for v, n in c3["head_verdicts"].items())
-    return "\n".join([
-        f"| | epoch {first} | epoch {last} | reference |", "|---|---|---|---|",
-        f"| KL from uniform (nats) | {cell(kl['start'], 4)} | {cell(kl['end'], 4)} | "
-        f"one node: {c3['kl_max']:.3f} |",
-        f"| same-class mass | {cell(same['start'], 3)} | {cell(same['end'], 3)} | "
-        f"uniform: {c3['chance']:.3f} |", "",
-        f"Heads at the end, over all seeds: {counts}. {verdict_text(c3['verdicts'])}"])
+    most = [max(heads, key=lambda lh: at(x, "same_class_excl_self", -1, lh)) for x in s]
+    selective = head_result(most)
+    return {"recorded": True, "chance": chance, "kl_max": kl_max,
+            "epochs": [s[0]["epochs"][0], s[0]["epochs"][-1]],
+            "per_head": {f"layer {lh[0]} head {lh[1]}": head_result([lh] * len(s))
+                         for lh in heads},
+            "most_selective": {**selective, "heads": [f"layer {lh[0]} head {lh[1]}"
+                                                      for lh in most]},
+            "verdicts": {k: selective[k]["verdict"] for k in ("own class above chance",
+                                                              "sharpens")}}

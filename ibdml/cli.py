@@ -5,6 +5,8 @@
     ibdml evaluate RUN_DIR
     ibdml claims PARAMS [-p key=value ...] [--out DIR] [--seeds S ...] [--address ADDR]
                                                                  (notebooks/05_claims)
+    ibdml attention-study PARAMS [-p key=value ...] [--out DIR] [--seeds S ...] [--address ADDR]
+                                                                 (notebooks/07_attention_study)
     ibdml sweep PARAMS --space SPACE.yaml --trials N --out DIR [-p key=value ...]
                 [--address ADDR] [--cpus-per-trial C] [--gpus-per-trial G] [--scheduler asha|none]
     ibdml check-data DATASET ROOT [--no-verify]   (exit 0: ready; 1: problems found)
@@ -68,18 +70,19 @@ def cmd_run(args: argparse.Namespace) -> None:
     run_pipeline(args.params, out, overrides, only=args.only, force=args.force)
 
 
-def cmd_claims(args: argparse.Namespace) -> None:
+def cmd_study(args: argparse.Namespace) -> None:
+    """`ibdml claims` and `ibdml attention-study`: a study notebook over several seeds."""
     overrides = dict(parse_override(o) for o in args.override)
     check_inputs(load_params(args.params, overrides))
-    from ibdml.pipeline import run_claims_notebook, stream_notebook_output
+    from ibdml.pipeline import run_study_notebook, stream_notebook_output
 
     if args.address:
         from ibdml.cluster import check_reachable
 
         check_reachable(args.address)  # before the notebook starts
     stream_notebook_output()
-    path = run_claims_notebook(args.params, Path(args.out), args.seeds, overrides,
-                               address=args.address)
+    path = run_study_notebook(args.command, args.params, Path(args.out), args.seeds, overrides,
+                              address=args.address, settings=getattr(args, "settings", None))
     print(f"wrote {path}")
 
 
@@ -138,18 +141,12 @@ def parser() -> argparse.ArgumentParser:
                    help="run only these steps, e.g. --only 02_evaluate")
     r.add_argument("--force", action="store_true", help="redo steps that are done")
     r.set_defaults(func=cmd_run)
-    cl = sub.add_parser("claims", help="the paper's three claims over several seeds: CE-only "
-                        "and MPN runs on the same budget (notebooks/05_claims)")
-    cl.add_argument("params", help="parameters YAML file of both variants, e.g. params/glyphs.yaml")
-    cl.add_argument("-p", dest="override", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a parameter of every run (repeatable)")
-    cl.add_argument("--out", default="outputs/claims", help="study folder (default "
-                    "outputs/claims): one run folder per variant and seed")
-    cl.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S",
-                    help="seeds (default 0 1 2)")
-    cl.add_argument("--address", metavar="ADDR", help="join the Ray cluster at ADDR "
-                    "(host:port of `ray start --head`); default: a local Ray on this machine")
-    cl.set_defaults(func=cmd_claims)
+    _study_parser(sub, "claims", "the paper's three claims and the MPN ablation over several "
+                  "seeds: CE-only, MPN, MPN with uniform and with self attention, on the same "
+                  "budget (notebooks/05_claims)", [0, 1, 2, 3, 4])
+    _study_parser(sub, "attention-study", "when does attention become selective? settings of "
+                  "epochs, MPN lr, logit scale, null key and batch shape, read on validation "
+                  "classes (notebooks/07_attention_study)", [0, 1])
     _sweep_parser(sub)
     _train_parser(sub)
     e = sub.add_parser("evaluate", help="evaluate a trained run; writes metrics.json")
@@ -171,6 +168,28 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
     return int(text)
+
+
+def _study_parser(sub: argparse._SubParsersAction, command: str, help: str,
+                  seeds: list[int]) -> None:
+    cl = sub.add_parser(command, help=help)
+    cl.add_argument("params", help="parameters YAML file of every run, e.g. params/glyphs.yaml")
+    cl.add_argument("-p", dest="override", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a parameter of every run (repeatable)")
+    out = "outputs/" + command.replace("-", "_")
+    cl.add_argument("--out", default=out, help=f"study folder (default {out}): one run folder "
+                    "per variant and seed")
+    cl.add_argument("--seeds", nargs="+", type=int, default=seeds, metavar="S",
+                    help=f"seeds (default {' '.join(map(str, seeds))})")
+    cl.add_argument("--address", metavar="ADDR", help="join the Ray cluster at ADDR "
+                    "(host:port of `ray start --head`); default: a local Ray on this machine")
+    if command == "attention-study":
+        from ibdml.attention_study import SETTINGS
+
+        cl.add_argument("--settings", nargs="+", choices=list(SETTINGS), metavar="NAME",
+                        help=f"run only these settings ({', '.join(SETTINGS)}; default all; "
+                        "default always runs)")
+    cl.set_defaults(func=cmd_study)
 
 
 def _sweep_parser(sub: argparse._SubParsersAction) -> None:

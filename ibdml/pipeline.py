@@ -211,24 +211,34 @@ def _no_jupyter_session():
             os.environ["JPY_SESSION_NAME"] = session
 
 
-def run_claims_notebook(params_file: str | Path, study_dir: str | Path, seeds: list[int],
-                        overrides: dict[str, Any] | None = None, *,
-                        address: str | None = None, notebook_dir: Path = NOTEBOOKS,
-                        log: Callable[[str], None] = print) -> Path:
-    """`ibdml claims`: execute 05_claims (both variants × every seed as Ray tasks, on a local Ray
-    or the cluster at `address`, resuming what is done) into
-    <study>/notebooks/05_claims.ipynb; returns <study>/claims.json."""
-    rerun = resume_command("claims", params_file, study_dir, overrides, "--seeds",
-                           *map(str, seeds), *(["--address", address] if address else []))
+# The study notebooks: {command: (notebook, the file it writes into the study folder)}.
+STUDIES = {"claims": ("05_claims.ipynb", "claims.json"),
+           "attention-study": ("07_attention_study.ipynb", "attention_study.json")}
+
+
+def run_study_notebook(command: str, params_file: str | Path, study_dir: str | Path,
+                       seeds: list[int], overrides: dict[str, Any] | None = None, *,
+                       address: str | None = None, settings: list[str] | None = None,
+                       notebook_dir: Path = NOTEBOOKS,
+                       log: Callable[[str], None] = print) -> Path:
+    """`ibdml claims` / `ibdml attention-study`: execute the study's notebook (every run of the
+    study as Ray tasks, on a local Ray or the cluster at `address`, resuming what is done) into
+    <study>/notebooks/; returns the summary file it writes (STUDIES). `settings` (the attention
+    study only) restricts it to some of its settings."""
+    notebook, summary = STUDIES[command]
+    rerun = resume_command(command, params_file, study_dir, overrides, "--seeds",
+                           *map(str, seeds), *(["--address", address] if address else []),
+                           *(["--settings", *settings] if settings else []))
     study_dir = Path(study_dir).resolve()
-    source = notebook_dir / "05_claims.ipynb"
+    source = notebook_dir / notebook
     executed = study_dir / "notebooks" / source.name
     log(f"[{source.stem}] running → {executed}")
     _execute(source, executed, {"params_file": str(Path(params_file).resolve()),
                                 "run_dir": str(study_dir), "overrides": dict(overrides or {}),
-                                "seeds": list(seeds), "address": address}, notebook_dir,
+                                "seeds": list(seeds), "address": address,
+                                **({"settings": settings} if settings else {})}, notebook_dir,
              rerun=rerun)
-    return study_dir / "claims.json"
+    return study_dir / summary
 
 
 def stream_notebook_output() -> None:

@@ -1,12 +1,15 @@
-"""The claims study (paper claims 1–3; notebooks/05_claims): for every seed, train runs of each
-variant on the same budget (same parameters, epochs, batches and seed; only the model differs)
-into <study>/<variant>-seed<S>/, evaluate them as the pipeline does, and summarise them into
-<study>/claims.json with the statistics of ibdml.claims. The runs are Ray tasks
-(ibdml.cluster): in parallel on this machine's cores, or on a cluster with `address`; each run
-stays resumable on its own.
+"""The claims study (paper claims 1–3 and the MPN ablation; notebooks/05_claims): for every seed,
+train runs of each variant of ibdml.claims.VARIANTS on the same budget (same parameters, epochs,
+batches and seed; only the model differs) into <study>/<variant>-seed<S>/, evaluate them as the
+pipeline does, and summarise them into <study>/claims.json with the statistics of ibdml.claims.
+The runs are Ray tasks (ibdml.cluster): in parallel on this machine's cores, or on a cluster with
+`address`; each run stays resumable on its own.
 
-    ce    the CE-only baseline: mpn_layers 0, loss_heads backbone (no MPN anywhere)
-    mpn   the method: backbone + MPN trained with both losses
+    ce            the CE-only baseline: mpn_layers 0, loss_heads backbone (no MPN anywhere)
+    mpn           the method: backbone + MPN trained with both losses; MPN at inference and the
+                  attention summary run on it
+    mpn-uniform   the same MPN with uniform attention (mpn_attention: uniform)
+    mpn-self      the same MPN attending only to itself (mpn_attention: self)
 
 `paper_comparison` sets runs of the paper recipes, where they exist, beside the paper's numbers
 (ibdml.paper).
@@ -19,18 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from ibdml.cluster import ray_session, run_tasks
-from ibdml.claims import (budget, claim3, comparison_rows, mean_std, paired, retrieval_metrics,
-                          verdict)
+from ibdml.claims import ABLATION, METRICS, VARIANTS, budget, claim3, compare, runs_summary
 from ibdml.config import Params, load_params
 from ibdml.data.check import check_run_inputs
-from ibdml.paper import PAPER
+from ibdml.paper import PAPER, comparison_rows
 from ibdml.steps.attention import summarise_run
-from ibdml.steps.evaluate import evaluate_run
+from ibdml.steps.evaluate import evaluate_run, read_outcomes
 from ibdml.steps.mpn_inference import evaluate_mpn_inference
 from ibdml.steps.rundir import read_json, run_lock, write_json
 from ibdml.steps.train import train
-
-VARIANTS = {"ce": {"mpn_layers": 0, "loss_heads": "backbone"}, "mpn": {}}
+from ibdml.uncertainty import paired_bootstrap_difference
+from ibdml.verdicts import mean_std
 
 
 def run_dir_of(study_dir: Path, variant: str, seed: int) -> Path:
@@ -41,7 +43,7 @@ def run_claims(params_file: str | Path, study_dir: str | Path, seeds: Sequence[i
                overrides: dict[str, Any] | None = None, *, address: str | None = None,
                cpus_per_run: float = 1, gpus_per_run: float = 0,
                log: Callable[[str], None] = print) -> dict:
-    """Train and evaluate both variants for every seed (each resumes or skips what is done) as
+    """Train and evaluate every variant for every seed (each resumes or skips what is done) as
     Ray tasks of `cpus_per_run` CPUs and `gpus_per_run` GPUs (a local Ray, or the cluster at
     `address`), then summarise into <study>/claims.json. Returns the summary. Holds the study
     folder's lock throughout, and each task its run folder's (steps/rundir.py): RunLocked when
@@ -51,7 +53,7 @@ def run_claims(params_file: str | Path, study_dir: str | Path, seeds: Sequence[i
     study_dir = Path(study_dir).resolve()
     jobs = [(load_params(params_file, {**(overrides or {}), **changes, "seed": seed}),
              run_dir_of(study_dir, variant, seed), variant)
-            for seed in seeds for variant, changes in VARIANTS.items()]
+            for seed in seeds for variant, (_, changes) in VARIANTS.items()]
     check_run_inputs(jobs[0][0], progress=False)  # the data, once, before the runs start
     with run_lock(study_dir), ray_session(address):
         log(f"{len(jobs)} runs as Ray tasks ({cpus_per_run:g} CPU, {gpus_per_run:g} GPU each)")
@@ -60,15 +62,17 @@ def run_claims(params_file: str | Path, study_dir: str | Path, seeds: Sequence[i
 
 
 def _run_variant(p: Params, run: Path, variant: str) -> None:
-    """Train, evaluate and (the MPN variant) refine and summarise one run of the study, under its
+    """Train, evaluate and (the method's variant) refine and summarise one run of the study, under its
     lock, so that no other process writes the run between the steps (a Ray task)."""
     with run_lock(run):
         print(f"[{run.name}] training ({p.epochs} epochs)", flush=True)
         train(p, run, progress=False)
-        if not (run / "metrics.json").is_file():
+        # the per-query outcomes come with the metrics: a run evaluated without them (an older
+        # ibdml) is evaluated again
+        if not (run / "outcomes" / "test.npz").is_file():
             evaluate_run(run, progress=False)
         if variant == "mpn":
-            if not (run / "mpn_inference.json").is_file():
+            if not (run / "outcomes" / "mpn_inference_with.npz").is_file():
                 evaluate_mpn_inference(run)
             summarise_run(run)
 
@@ -81,29 +85,45 @@ def summarise_claims(study_dir: str | Path, seeds: Sequence[int]) -> dict:
 
 
 def _summarise_claims(study_dir: Path, seeds: Sequence[int]) -> dict:
-    ce = [read_json(run_dir_of(study_dir, "ce", s) / "metrics.json") for s in seeds]
-    mpn = [read_json(run_dir_of(study_dir, "mpn", s) / "metrics.json") for s in seeds]
-    claim1 = paired([retrieval_metrics(m) for m in ce], [retrieval_metrics(m) for m in mpn],
-                    ("ce", "mpn"))
-    baselines = {name: mean_std([m["baselines"][name]["recall_at_k"]["1"] for m in mpn])
-                 for name in mpn[0].get("baselines", {})}
-    inference = [read_json(run_dir_of(study_dir, "mpn", s) / "mpn_inference.json") for s in seeds]
-    claim2 = paired([retrieval_metrics(m["without_mpn"]) for m in inference],
-                     [retrieval_metrics(m["with_mpn"]) for m in inference], ("without", "with"))
-    attention = [read_json(run_dir_of(study_dir, "mpn", s) / "attention_summary.json")
-                 for s in seeds]
+    runs = {v: [run_dir_of(study_dir, v, s) for s in seeds] for v in VARIANTS}
+    metrics = {v: [read_json(r / "metrics.json") for r in rs] for v, rs in runs.items()}
+    inference = [read_json(r / "mpn_inference.json") for r in runs["mpn"]]
+    one = len(seeds) == 1  # one seed: intervals from a paired bootstrap over the test queries
+
+    def boot(a: Path, b: Path, names: tuple[str, str] = ("test", "test")) -> dict | None:
+        if not one:
+            return None
+        return {m: paired_bootstrap_difference(read_outcomes(a, names[0]),
+                                               read_outcomes(b, names[1]), m)
+                for m in METRICS if m != "NMI" or metrics["ce"][0].get("nmi") is not None}
+
+    claim1 = compare(metrics["ce"], metrics["mpn"], boot(runs["ce"][0], runs["mpn"][0]))
+    claim2 = compare([m["without_mpn"] for m in inference], [m["with_mpn"] for m in inference],
+                     boot(runs["mpn"][0], runs["mpn"][0],
+                          ("mpn_inference_without", "mpn_inference_with")))
+    ablation = {key: {"question": question, "a": a, "b": b,
+                      "metrics": compare(metrics[a], metrics[b], boot(runs[a][0], runs[b][0]))}
+                for key, (a, b, question) in ABLATION.items()}
+    attention = [read_json(r / "attention_summary.json") for r in runs["mpn"]]
+    baselines = {name: mean_std([m["baselines"][name]["recall_at_k"]["1"] for m in metrics["mpn"]])
+                 for name in metrics["mpn"][0].get("baselines", {})}
     result = {
-        "seeds": list(seeds), "budget": budget(mpn[0]["params"]),
-        "claim1": {"metrics": claim1, "baselines_r1": baselines,
-                   "verdicts": {k: verdict(v["difference"]["values"]) for k, v in claim1.items()}},
+        "seeds": list(seeds), "budget": budget(metrics["mpn"][0]["params"]),
+        "variants": runs_summary(metrics, list(seeds)),
+        "claim1": {"metrics": claim1, "baselines_r1": baselines, "verdicts": _verdicts(claim1)},
         "claim2": {"metrics": claim2, "feature_space": inference[0]["feature_space"],
-                   "verdicts": {k: verdict(v["difference"]["values"]) for k, v in claim2.items()}},
+                   "verdicts": _verdicts(claim2)},
+        "ablation": {k: {**v, "verdicts": _verdicts(v["metrics"])} for k, v in ablation.items()},
         "claim3": claim3(attention),
         # the paper recipes' runs, where they sit beside the study in the same outputs folder
         "paper": paper_comparison(find_paper_runs(study_dir.parent)),
     }
     write_json(study_dir / "claims.json", result)
     return result
+
+
+def _verdicts(comparison: dict[str, dict]) -> dict[str, str]:
+    return {metric: c["verdict"] for metric, c in comparison.items()}
 
 
 def find_paper_runs(outputs_dir: str | Path) -> dict[str, Path | None]:
