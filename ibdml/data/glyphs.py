@@ -138,7 +138,10 @@ def _render_all(folder: Path, code_points: list[int], params: dict[str, int], wo
                       params["images_per_class"], params["image_size"], params["seed"])
             for rank, cp in enumerate(code_points)]
     workers = min(workers, len(jobs))
-    with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+    # forkserver, not fork: the caller may run threads (Ray's, torch's), and a child forked while
+    # one of them holds a lock waits on it forever (a test session hung so, Ray started earlier)
+    context = multiprocessing.get_context("forkserver")
+    with context.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
         done = pool.imap_unordered(_render_class, jobs) if pool else map(_render_class, jobs)
         for _ in tqdm(done, total=len(jobs), desc="Rendering Glyphs", unit="class",
                       disable=not progress):
