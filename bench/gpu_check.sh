@@ -9,33 +9,37 @@
 #
 # Sections (each its own process, under its own `timeout`; a failing one is FAILED in the table
 # and the rest carry on; the whole script stays under GPU_CHECK_BUDGET seconds, default 570):
-#   bf16 policy     bf16 autocast only on compute capability >= 8.0: each visible GPU, and a
-#                   simulated 7.0 GPU (device.bf16_enabled)
+#   bf16 policy     bf16 autocast only on compute capability >= 8.0: each visible GPU, and
+#                   simulated 7.0, 7.5 and 8.0 GPUs (device.bf16_enabled); fp32 on a GPU has TF32
+#                   off (device.exact_fp32), and the flags are restored afterwards
 #   train speed     bench/train_speed.py: the CUB shape (6 x 9 at 227 px, resnet50, bf16
 #                   autocast) on one GPU; target >= 1,500 img/s on an H100-class GPU
 #   evaluation      ibdml.metrics.evaluate at SOP size (60,502 x 512 random unit embeddings with
-#                   class structure, bench/evaluate.py's data) with faiss-gpu, median of 3; and
-#                   how many faiss GPU resources objects the process made (one per device)
+#                   class structure, bench/evaluate.py's data) with faiss-gpu, median of 3, in a
+#                   process that uses CUDA (as a GPU run's is); and how many faiss GPU resources
+#                   objects the process made (one per device, retrieval._gpu_resources)
 #   DDP             `ibdml train` on 1 GPU and `ibdml train --nproc G` on all G visible GPUs,
 #                   Glyphs at 227 px in the CUB shape; images_per_second of the last epoch
 #                   (history.json: all processes together) and the scaling efficiency
 #   sweep           `ibdml sweep` of 2 trials with 1 GPU each; search.json has a chosen trial,
 #                   only that trial's test split was evaluated (its metrics.json), best.yaml
 #                   exists; the same command again resumes without training anything
-#   resume          training 2 epochs equals training 1, interrupted, then resumed for 1, on the
-#                   GPU with deterministic algorithms (weights compared exactly)
+#   resume          training 2 epochs against training 1, interrupted, then resumed for 1, on the
+#                   GPU as runs train (cuDNN autotuned, not deterministic): the resumed weights
+#                   may differ from the straight run's by no more than 10x what a second straight
+#                   run differs by (floating-point noise: docs/datasets.md, "On a GPU"), and the
+#                   checkpoint carries one CUDA generator state
 #
 # Hooks that do not exist, and what is checked instead:
-#   - ibdml has no "deterministic" parameter: the resume section sets torch's process-wide
-#     switches itself (use_deterministic_algorithms(warn_only), cudnn.deterministic,
-#     CUBLAS_WORKSPACE_CONFIG) and names the operations torch warns about. Training turns cuDNN
-#     autotuning on (device.cudnn_autotune); with deterministic set it only picks deterministic
-#     algorithms, and both runs share one process, hence one autotuning cache.
-#   - the bf16 policy can only be tested on the GPUs present; a compute capability below 8.0
-#     is simulated by patching torch.cuda.get_device_capability / is_bf16_supported.
+#   - GPU training is not bit-reproducible and ibdml has no "deterministic" parameter: the resume
+#     section measures the run-to-run noise with a second straight run and bounds the resumed
+#     run's difference by it. All runs share one process, hence one autotuning cache.
+#   - the bf16 policy can only be tested on the GPUs present; other compute capabilities are
+#     simulated by patching torch.cuda.get_device_capability, with is_bf16_supported patched to
+#     say yes (as it does where bf16 is only emulated) so that it cannot be what decides.
 #   - the faiss resources count covers what ibdml.metrics.evaluate creates in one process on one
-#     device; several devices in one process are not exercised (the search is pinned to the GPU
-#     torch uses, retrieval.py).
+#     device; several devices in one process are tested with a stand-in faiss
+#     (tests/test_retrieval.py).
 #
 # Environment: PYTHON (default .venv/bin/python), GPU_CHECK_ALLOW_CPU=1, GPU_CHECK_BUDGET
 # (seconds), GPU_CHECK_DATA (Glyphs cache, default ~/.cache/ibdml/glyphs, reused between runs),
@@ -77,18 +81,25 @@ for i in range(torch.cuda.device_count()):
     rows.append(f"cuda:{i} cc {capability[0]}.{capability[1]}: bf16 {'on' if on else 'off'}")
     if on != (capability >= (8, 0)):
         wrong.append(rows[-1])
-for capability, supported in (((7, 0), False), ((8, 0), True)):
+for capability in ((7, 0), (7, 5), (8, 0)):
     with mock.patch("torch.cuda.get_device_capability", return_value=capability), \
-            mock.patch("torch.cuda.is_bf16_supported", return_value=supported):
+            mock.patch("torch.cuda.is_bf16_supported", return_value=True):
         on = devices.bf16_enabled(torch.device("cuda", 0))
     rows.append(f"simulated cc {capability[0]}.{capability[1]}: bf16 {'on' if on else 'off'}")
     if on != (capability >= (8, 0)):
         wrong.append(rows[-1])
+flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+before = flags()
+with devices.exact_fp32(torch.device("cuda", 0), bf16=False):
+    inside = flags()
+rows.append(f"fp32: TF32 {inside} inside, {flags()} after (was {before})")
+if inside != (False, False) or flags() != before:
+    wrong.append(rows[-1])
 status = "FAILED" if wrong else "PASS"
 note = ("device.bf16_enabled ignores the compute capability: " + "; ".join(wrong)) if wrong \
     else "; ".join(rows)
 print("RESULT", "bf16 policy", status, f"{len(rows) - len(wrong)}/{len(rows)} as expected",
-      "bf16 autocast only on cc >= 8.0", note, sep="\t")
+      "bf16 autocast only on cc >= 8.0; fp32 without TF32", note, sep="\t")
 EOF
 }
 
@@ -134,6 +145,8 @@ from ibdml.metrics import evaluate  # noqa: E402
 
 name, ks = ("SOP", (1, 10, 100, 1000)) if gpu else ("CUB", (1, 2, 4, 8))
 x, labels = bench.labelled_embeddings(bench.SETS[name])  # [N, 512] unit rows, CPU
+if gpu:  # a GPU run has used CUDA before it evaluates: its searches follow (device.search_device)
+    torch.cuda.init()
 
 try:  # count the faiss GPU resources objects made in this process
     import faiss
@@ -287,9 +300,8 @@ EOF
 }
 
 section_resume() {
-    export CUBLAS_WORKSPACE_CONFIG=:4096:8  # cuBLAS needs it for deterministic products
     "$PY" - <<'EOF'
-import os, warnings
+import os
 from pathlib import Path
 
 import torch
@@ -301,8 +313,6 @@ gpu = os.environ["MODE"] == "gpu"
 work = Path(os.environ["WORK"]) / "resume"
 p = load_params("params/smoke.yaml", {"data_root": os.environ["DATA"], "epochs": 2,
                                       "device": "cuda" if gpu else "cpu"})
-torch.use_deterministic_algorithms(True, warn_only=True)
-torch.backends.cudnn.deterministic = True
 real = train_module.train_epoch
 calls = []
 
@@ -314,27 +324,32 @@ def interrupted(*args, **kwargs):  # stops as the second epoch starts, like a Ct
     return real(*args, **kwargs)
 
 
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    train_module.train(p, work / "straight", progress=False)
-    train_module.train_epoch = interrupted
-    try:
-        train_module.train(p, work / "resumed", progress=False)
-    except KeyboardInterrupt:
-        pass
-    train_module.train_epoch = real
+for run in ("straight", "again"):  # "again": how far two uninterrupted runs differ
+    train_module.train(p, work / run, progress=False)
+train_module.train_epoch = interrupted
+try:
     train_module.train(p, work / "resumed", progress=False)
+except KeyboardInterrupt:
+    pass
+train_module.train_epoch = real
+train_module.train(p, work / "resumed", progress=False)
 
-a, b = (torch.load(work / run / "checkpoints" / "last.pt", weights_only=True)["model"]
-        for run in ("straight", "resumed"))
-equal = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a if k in b)
-ops = sorted({str(w.message).split(" does not have a deterministic")[0] for w in caught
-              if "does not have a deterministic" in str(w.message)})
-note = "non-deterministic ops: " + ", ".join(ops) if ops else "no non-deterministic op warned"
-print("RESULT", "resume (GPU)" if gpu else "resume (CPU)", "PASS" if equal else "FAILED",
-      "weights equal" if equal else f"max |dw| {diff:.3g}", "2 epochs = 1 + resume 1, exactly",
-      note, sep="\t")
+states = {run: torch.load(work / run / "checkpoints" / "last.pt", weights_only=True)
+          for run in ("straight", "again", "resumed")}
+
+
+def difference(run):  # the largest weight difference from the straight run
+    a, b = states["straight"]["model"], states[run]["model"]
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+noise, resumed = difference("again"), difference("resumed")
+cuda_states = len(states["resumed"]["rng"]["cuda"])
+ok = resumed <= max(10 * noise, 1e-6) and cuda_states == (1 if gpu else 0)
+print("RESULT", "resume (GPU)" if gpu else "resume (CPU)", "PASS" if ok else "FAILED",
+      f"max |dw| {resumed:.3g} resumed, {noise:.3g} run to run",
+      "resumed within 10x run-to-run noise", f"{cuda_states} CUDA generator state(s) in the "
+      "checkpoint" + ("" if gpu else "; CPU: both differences should be 0"), sep="\t")
 EOF
 }
 
@@ -449,7 +464,7 @@ run_section train_speed 80
 run_section evaluation 70
 run_section ddp 180
 run_section sweep 150
-run_section resume 70
+run_section resume 90
 
 echo
 echo "Summary ($((SECONDS)) s):"

@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> dict:
               "backbone": args.backbone, "image_size": args.image_size, "steps": args.steps,
               "warmup": args.warmup, "bf16": devices.bf16_enabled(device),
               "target": TARGET_OVERHEAD, "rows": []}
-    with devices.cudnn_autotune(device):
+    with devices.cudnn_autotune(device), devices.exact_fp32(device):
         for name in args.shapes:
             row = measure_shape(name, SHAPES[name], args, device)
             result["rows"].append(row)

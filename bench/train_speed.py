@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> dict:
               if args.data == "transform" else None,
               "warmup_steps": args.warmup, "steps": args.steps,
               "eval_batch_size": p.eval_batch_size}
-    with devices.cudnn_autotune(device):
+    with devices.cudnn_autotune(device), devices.exact_fp32(device, devices.bf16_override(p.amp)):
         train = measure_training(p, device, args.data, args.steps, args.warmup, args.seed)
         model = train.pop("model")
         result.update(train)

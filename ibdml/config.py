@@ -128,8 +128,10 @@ class Params:
     nproc: int = _p(1, "Processes (devices) one training run uses (DDP); each takes whole "
                     "n_c × n_s batches; one optimiser step sees nproc batches.", lo=1)
     num_workers: int = _p(-1, "DataLoader workers; -1 = sized from the machine.", lo=-1, hi=64)
-    amp: bool = _p(True, "On a GPU: bf16 autocast, with the attention softmax and the losses in "
-                   "fp32 (no effect on the CPU, which always runs fp32).")
+    amp: bool = _p(True, "On a GPU of compute capability ≥ 8.0 (Ampere and later): bf16 "
+                   "autocast, with the attention softmax and the losses in fp32. false, or an "
+                   "older GPU (no bf16 convolutions): fp32 with TF32 off. No effect on the CPU, "
+                   "which always runs fp32.")
     # --- attention over training (paper claim 3; docs/method.md §13) ---------------------------
     attention_probes: int = _p(4, "Probe batches (n_c × n_s, training classes) whose MPN "
                                "attention is recorded before training and after every epoch; "

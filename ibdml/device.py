@@ -1,20 +1,24 @@
 """Where and how the network runs: device choice, precision, memory format, host → device copies.
 
 One policy, decided from the device, so that training, evaluation, the attention probes and the
-benchmarks run the network the same way (docs/method.md §14):
+benchmarks run the network the same way (docs/method.md §14; docs/datasets.md, "On a GPU"):
 
                       CUDA                                       CPU
-    precision         bf16 autocast; attention softmax and       fp32, no autocast: results stay
-                      losses in fp32 (mpn.py, losses.py)         bit-identical to plain fp32
+    precision         bf16 autocast on compute capability        fp32, no autocast: results stay
+                      ≥ 8.0, attention softmax and losses in     bit-identical to plain fp32
+                      fp32 (mpn.py, losses.py); else (amp:
+                      false, or an older GPU) fp32 with TF32 off
     memory format     channels_last, model and images            unchanged
     images            pinned, copied with non_blocking=True      nothing to copy
     cuDNN             autotuned conv algorithms (in training)    -
-    k-NN search       on the GPU (retrieval.py, inference.py)    CPU
+    k-NN search       on the GPU (retrieval.py, inference.py)    CPU; a CPU run never touches CUDA
 
 bf16 has fp32's exponent range, so no GradScaler is needed; convolutions in channels_last run on
-the tensor cores without layout transposes. On a CPU, bf16 autocast is slow on most machines and
-would change every number, hence nothing changes there. Nothing here sets a process-wide flag at
-import; `cudnn_autotune` sets one for the duration of a `with` block only.
+the tensor cores without layout transposes. Before compute capability 8.0 (V100, T4) cuDNN has no
+bf16 convolutions, so bf16 would be emulated; such GPUs run fp32. On a CPU, bf16 autocast is slow
+on most machines and would change every number, hence nothing changes there. Nothing here sets a
+process-wide flag at import; `cudnn_autotune` and `exact_fp32` set theirs for the duration of a
+`with` block only.
 """
 
 from __future__ import annotations
@@ -35,13 +39,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def bf16_enabled(device: torch.device, bf16: bool | None = None) -> bool:
-    """Whether the network runs under bf16 autocast: on CUDA unless `bf16` says otherwise."""
-    return device.type == "cuda" if bf16 is None else bf16
+    """Whether the network runs under bf16 autocast: bf16=True or False decides; None (the
+    device decides) means on a CUDA device of compute capability ≥ 8.0 (Ampere and later), not
+    on older GPUs nor on the CPU. The capability is read only for a CUDA device."""
+    if bf16 is not None:
+        return bf16
+    # Not torch.cuda.is_bf16_supported(): it also says yes where bf16 is only emulated, and
+    # before 8.0 cuDNN has no bf16 convolutions (docs/datasets.md, "On a GPU").
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def bf16_override(amp: bool) -> bool | None:
     """The `bf16` argument a run's `amp` parameter asks for: None (the device decides: bf16 on
-    CUDA) when amp, False (fp32 everywhere) when not."""
+    CUDA of compute capability ≥ 8.0) when amp, False (fp32 everywhere) when not."""
     return None if amp else False
 
 
@@ -52,12 +62,13 @@ def channels_last_enabled(device: torch.device) -> bool:
 
 def autocast(device: torch.device,
              bf16: bool | None = None) -> contextlib.AbstractContextManager:
-    """The context to run the network's forward in: bf16 autocast on CUDA, nothing on the CPU.
+    """The context to run the network's forward in: bf16 autocast where `bf16_enabled`, else
+    fp32: on CUDA with TF32 off (`exact_fp32`), on the CPU nothing at all.
 
     bf16=True forces bf16 autocast on any device (on the CPU: torch.autocast("cpu", bfloat16)),
     bf16=False turns it off. Compute the losses outside it: they cast to fp32 themselves."""
     if not bf16_enabled(device, bf16):
-        return contextlib.nullcontext()
+        return exact_fp32(device, bf16=False)
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
@@ -98,13 +109,46 @@ def cudnn_autotune(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous
 
 
+def exact_fp32(device: torch.device,
+               bf16: bool | None = None) -> contextlib.AbstractContextManager:
+    """The context a run's fp32 work on CUDA goes in, so that fp32 means fp32: where the network
+    does not run in bf16 (`bf16_enabled(device, bf16)` false: amp: false, or a GPU older than
+    8.0), TF32 is off for cuBLAS products and cuDNN convolutions inside the block and the flags
+    are restored on exit, exceptions included. torch leaves TF32 on for cuDNN by default, so on
+    Ampere and later "fp32" convolutions would otherwise round their inputs to a 10-bit
+    mantissa. Nothing on the CPU, nor under bf16 (torch's defaults are kept there). `autocast`
+    enters it around each forward; enter it around a whole training run too, for the backward
+    passes, which run outside autocast."""
+    if device.type != "cuda" or bf16_enabled(device, bf16):
+        return contextlib.nullcontext()
+    return _tf32_off()
+
+
+@contextlib.contextmanager
+def _tf32_off() -> Iterator[None]:
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
 def search_device(device: torch.device) -> torch.device:
     """Where bulk tensor work on data held on `device` runs (k-NN search, reciprocal
-    neighbourhoods): that CUDA device, else the current CUDA device when one is visible (X Xᵀ in
-    row chunks and top-k on the GPU takes seconds even at SOP size), else the CPU. Callers hand
-    results back on `device`."""
+    neighbourhoods): that CUDA device (with its index: cuda is the current device); for data
+    elsewhere, the current CUDA device when this process already uses CUDA (X Xᵀ in row chunks
+    and top-k on the GPU takes seconds even at SOP size), else `device` itself. Callers hand
+    results back on `device`.
+
+    "Already uses CUDA" (torch.cuda.is_initialized) is how the run's device reaches the search
+    without being passed through every metric: a run on a GPU has its model there before it
+    embeds anything, so its embeddings, kept on the CPU, are searched on its GPU (each DDP rank's
+    own, distributed.py); a run with device: cpu has not, and its searches stay on the CPU and
+    never initialise CUDA. A script that wants a GPU search of CPU tensors passes CUDA tensors."""
     if device.type == "cuda":
-        return device
-    if torch.cuda.is_available():
+        return device if device.index is not None else torch.device(
+            "cuda", torch.cuda.current_device())
+    if torch.cuda.is_initialized():
         return torch.device("cuda", torch.cuda.current_device())
     return device

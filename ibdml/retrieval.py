@@ -13,19 +13,25 @@ the retrieval gallery and the R@1 transitions (`evaluation.py`).
   duplicate embeddings column 0 may hold the duplicate instead of the query (§7.2).
 - Memory O(block · N + N · k): no N×N matrix (the authors' needs ~15 GB on SOP, §7.2).
 
-Where the search runs, decided by what the machine has (docs/method.md §14), never by timings:
-    faiss-gpu sees a GPU (and k ≤ 2048)   faiss GPU IndexFlatIP       `_search_faiss_gpu`
-    torch sees a CUDA device              products + top-k on the GPU `_search_blocks`
-    CPU, a set searched against itself    symmetric faiss heap search `_self_search_heaps`
-    CPU, queries → reference (or no faiss)  products + top-k           `_search_blocks`
+Where the search runs: on the GPU `device.search_device` names (the queries' CUDA device, or the
+current one in a process that already uses CUDA: a run with device: cpu never touches CUDA here,
+nor asks faiss about GPUs), else on the CPU; then by what the machine has (docs/method.md §14),
+never by timings:
+    on a GPU, faiss-gpu sees one (k ≤ 2048)  faiss GPU IndexFlatIP       `_search_faiss_gpu`
+    on a GPU, otherwise                      products + top-k there      `_search_blocks`
+    CPU, a set searched against itself       symmetric faiss heap search `_self_search_heaps`
+    CPU, queries → reference (or no faiss)   products + top-k            `_search_blocks`
 Results come back on the queries' device. faiss is imported lazily, so a missing or broken faiss
 never breaks `import ibdml`; only the CPU self-search needs it. On the GPU the products are
-exact float32 as long as TF32 matmuls stay off (PyTorch's default).
+exact float32 as long as TF32 matmuls stay off (PyTorch's default). faiss's GPU resources are
+made once per device and process (`_gpu_resources`).
 
 Inputs may be torch tensors or numpy arrays; results are torch tensors.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -81,9 +87,7 @@ def nearest_neighbours(queries, reference=None, k: int = 1, *,
         reference = as_embeddings(reference, "reference")
         check_same_width(queries, reference, "queries", "reference")
     _check_k(k, len(queries if reference is None else reference), exclude_self)
-    on_cpu = search_device(queries.device).type == "cpu"
-    if (reference is None and on_cpu and faiss_available()
-            and not _faiss_gpu_usable(k + int(exclude_self))):
+    if reference is None and search_device(queries.device).type == "cpu" and faiss_available():
         return _self_search_heaps(queries, k, exclude_self)
     own = torch.arange(len(queries), device=queries.device) if exclude_self else None
     return _search(queries, queries if reference is None else reference, k, own)
@@ -141,10 +145,11 @@ def _check_k(k: int, n_reference: int, exclude_self: bool) -> None:
 def _search(queries: torch.Tensor, reference: torch.Tensor, k: int,
             own: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """k nearest reference rows of each query; own [Nq] (or None): the index in `reference` of
-    each query's own row, excluded. Runs on the GPU when there is one (`search_device`)."""
+    each query's own row, excluded. Runs where `search_device` says: faiss-gpu is asked about
+    GPUs only when that is a CUDA device."""
     home, device = queries.device, search_device(queries.device)
-    if _faiss_gpu_usable(k + int(own is not None)):
-        sims, idx = _search_faiss_gpu(queries, reference, k, own)
+    if device.type == "cuda" and _faiss_gpu_usable(k + int(own is not None)):
+        sims, idx = _search_faiss_gpu(queries, reference, k, own, device.index)
     else:
         own = None if own is None else own.to(device)
         sims, idx = _search_blocks(queries.to(device), reference.to(device), k, own)
@@ -182,18 +187,31 @@ def _faiss_gpu_usable(k: int) -> bool:
 
 
 def _search_faiss_gpu(queries: torch.Tensor, reference: torch.Tensor, k: int,
-                      own: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """faiss GPU IndexFlatIP; with `own`, k + 1 neighbours and then the own index removed."""
+                      own: torch.Tensor | None, gpu: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """faiss GPU IndexFlatIP on CUDA device `gpu`; with `own`, k + 1 neighbours and then the own
+    index removed."""
     import faiss
 
-    resources = faiss.StandardGpuResources()  # must outlive the index: kept in this frame
     # On the GPU torch uses, not spread over every GPU (pytorch-metric-learning#292).
-    gpu = search_device(queries.device).index or 0
-    index = faiss.index_cpu_to_gpu(resources, gpu, faiss.IndexFlatIP(queries.shape[1]))
+    index = faiss.index_cpu_to_gpu(_gpu_resources(gpu), gpu, faiss.IndexFlatIP(queries.shape[1]))
     index.add(reference.cpu().numpy())
     sims, idx = index.search(queries.cpu().numpy(), k + int(own is not None))
     sims, idx = torch.from_numpy(sims), torch.from_numpy(idx).to(torch.int64)
     return (sims, idx) if own is None else _drop_own_index(sims, idx, own.cpu())
+
+
+# Process-level state, on purpose (the only state here that outlives a call): each
+# StandardGpuResources reserves pinned host memory and up to 1.5 GiB of GPU scratch memory outside
+# torch's allocator, so one made per search would reserve it again for every evaluation of every
+# epoch. faiss shares one object between the indexes of a device; ibdml searches one at a time, as
+# faiss requires of it. Kept until the process ends; tests clear it with
+# `_gpu_resources.cache_clear()`.
+@functools.lru_cache(maxsize=None)
+def _gpu_resources(gpu: int):
+    """faiss's GPU resources for CUDA device `gpu`: made on first use, then the same object."""
+    import faiss
+
+    return faiss.StandardGpuResources()
 
 
 def _drop_own_index(sims: torch.Tensor, idx: torch.Tensor,

@@ -85,7 +85,8 @@ def test_inshop_copy_is_evaluated_query_to_gallery(tmp_path):
     examples = retrieval_examples(tmp_path / "run", queries=3, k=5)
     assert all("Dresses" in str(path) for row in examples[1] for path in row)
     mpn = evaluate_mpn_inference(tmp_path / "run")
-    assert mpn["feature_space"].startswith("refined queries against backbone gallery")
+    assert mpn["feature_space"].startswith("refined queries (the last MPN layer's output) "
+                                           "against backbone gallery")
     assert list(mpn["with_mpn"]["recall_at_k"]) == list(m["recall_at_k"])
     assert mpn["with_mpn"]["nmi"] is None  # two feature spaces: no joint clustering
     assert sum(mpn["r1_transitions"].values()) == 30  # every query once

@@ -1,13 +1,18 @@
-"""The GPU path, exercised on the CPU: autocast is a no-op on the CPU, bf16 autocast (on the CPU
-here) keeps the attention weights and the losses fp32 and lets a training step run, channels_last
-keeps the outputs, the loader is sized from the machine, cuDNN autotuning is scoped. No test
-needs a GPU, and every one holds whether or not one is visible."""
+"""The GPU path, exercised on the CPU: autocast is a no-op on the CPU, bf16 only from compute
+capability 8.0, fp32 on CUDA with TF32 off, bf16 autocast (on the CPU here) keeps the attention
+weights and the losses fp32 and lets a training step run, channels_last keeps the outputs, the
+loader is sized from the machine, cuDNN autotuning is scoped, a run with device: cpu never
+initialises CUDA. No test needs a GPU (capabilities and device counts are faked), and every one
+holds whether or not one is visible."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,18 +73,90 @@ def test_autocast_on_the_cpu_is_a_no_op_bit_for_bit():
         assert a.dtype == torch.float32 and torch.equal(a, b)
 
 
-def test_autocast_is_bf16_on_cuda_and_can_be_forced_either_way():
+def fake_capability(monkeypatch, capability):
+    """A CUDA device of this compute capability; torch's own bf16 check says yes, as it does
+    where bf16 is only emulated (it must not be what decides)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+
+
+def test_autocast_is_bf16_on_cuda_and_can_be_forced_either_way(monkeypatch):
+    fake_capability(monkeypatch, (8, 0))
     with warnings.catch_warnings():  # "CUDA is not available": only its settings are read here
         warnings.simplefilter("ignore")
         on_cuda = accel.autocast(CUDA)
     assert isinstance(on_cuda, torch.autocast)
     assert on_cuda.device == "cuda" and on_cuda.fast_dtype == torch.bfloat16
-    assert isinstance(accel.autocast(CUDA, bf16=False), contextlib.nullcontext)
+    assert not isinstance(accel.autocast(CUDA, bf16=False), torch.autocast)  # fp32 (TF32 off)
     forced = accel.autocast(CPU, bf16=True)
     assert forced.device == "cpu" and forced.fast_dtype == torch.bfloat16
     assert accel.bf16_enabled(CUDA) and not accel.bf16_enabled(CPU)
     assert accel.bf16_override(True) is None  # amp: the device decides
     assert accel.bf16_override(False) is False
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # only autocast's settings are read
+@pytest.mark.parametrize("capability, bf16", [((6, 1), False), ((7, 0), False), ((7, 5), False),
+                                              ((8, 0), True), ((8, 6), True), ((9, 0), True)])
+def test_bf16_only_from_compute_capability_8(monkeypatch, capability, bf16):
+    # V100 (7.0) and T4 (7.5) have no bf16 convolutions in cuDNN: fp32 there.
+    fake_capability(monkeypatch, capability)
+    assert accel.bf16_enabled(CUDA) is bf16
+    assert accel.bf16_enabled(torch.device("cuda", 1)) is bf16
+    assert isinstance(accel.autocast(CUDA), torch.autocast) is bf16
+    assert accel.bf16_enabled(CUDA, bf16=True) and not accel.bf16_enabled(CUDA, bf16=False)
+
+
+def test_the_cpu_never_asks_for_a_compute_capability(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", _refuse_cuda)
+    assert not accel.bf16_enabled(CPU)
+    assert isinstance(accel.autocast(CPU), contextlib.nullcontext)
+    assert isinstance(accel.exact_fp32(CPU), contextlib.nullcontext)
+
+
+def _refuse_cuda(*args, **kwargs):
+    raise AssertionError("a CUDA query on the CPU path")
+
+
+@pytest.fixture
+def tf32_on():
+    """TF32 on for products and convolutions (torch's default is on for cuDNN only), and both
+    flags as they were after the test whatever it did (monkeypatch cannot: torch's matmul
+    settings object has no attribute of its own to patch)."""
+    before = tf32()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def tf32() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize("capability, bf16, fp32", [
+    ((8, 0), False, True),  # amp: false on an Ampere GPU: fp32 means fp32
+    ((7, 0), None, True),  # amp: true on a V100: no bf16, so fp32, without TF32
+    ((8, 0), None, False),  # amp: true on Ampere: bf16 autocast; torch's defaults kept
+])
+def test_fp32_on_cuda_turns_tf32_off_and_restores_it(monkeypatch, tf32_on, capability, bf16,
+                                                     fp32):
+    fake_capability(monkeypatch, capability)
+    with accel.exact_fp32(CUDA, bf16):  # around a training run, backward passes included
+        assert tf32() == ((False, False) if fp32 else (True, True))
+    assert tf32() == (True, True)
+    if fp32:  # and around each forward (evaluation, probes), exceptions included
+        with pytest.raises(KeyError):
+            with accel.autocast(CUDA, bf16):
+                assert tf32() == (False, False)
+                raise KeyError
+        assert tf32() == (True, True)
+
+
+def test_fp32_on_the_cpu_changes_no_flag(monkeypatch, tf32_on):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", _refuse_cuda)
+    for bf16 in (None, False):
+        with accel.exact_fp32(CPU, bf16), accel.autocast(CPU, bf16):
+            assert tf32() == (True, True)
 
 
 def test_under_bf16_autocast_attention_embedding_and_losses_are_fp32_and_finite():
@@ -223,13 +300,20 @@ def test_prepare_model_and_to_device_change_nothing_on_the_cpu():
 # --- where search runs ------------------------------------------------------------------------
 
 
-def test_search_device_is_the_gpu_when_one_is_visible(monkeypatch):
+def test_search_device_is_the_gpu_of_a_process_that_uses_cuda(monkeypatch):
     assert accel.search_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # whatever this machine has
-    assert accel.search_device(CPU) == CPU
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert accel.search_device(CUDA) == torch.device("cuda", 1)  # "cuda": the current device
+    # A GPU is visible but this process has not used CUDA (a run with device: cpu): the CPU,
+    # and CUDA is not asked anything that would initialise it.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    assert accel.search_device(CPU) == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", _refuse_cuda)
+    assert accel.search_device(CPU) == CPU
+    # A process that trains or embeds on a GPU: its CPU-held embeddings are searched there.
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert accel.search_device(CPU) == torch.device("cuda", 1)
 
 
 # --- loaders ----------------------------------------------------------------------------------
@@ -313,3 +397,62 @@ def test_train_speed_bench_runs_tiny_on_the_cpu(data):
     assert result["channels_last"] is False and result["cudnn_benchmark"] is False
     assert result["train_images_per_second"] > 0 and result["eval_images_per_second"] > 0
     assert np.isfinite(result["mean_loss"]) and result["eval_images"] == 8
+
+
+# --- a run with device: cpu never initialises CUDA ---------------------------------------------
+
+# Run in a fresh process, so that nothing another test did to CUDA counts. CUDA is made to look
+# present (a machine with a GPU), every way in to initialising it raises, and faiss, when
+# installed, counts a GPU but cannot make GPU resources: then training (evaluating every epoch)
+# and the evaluation step of a device: cpu run on the smoke recipe must never get there, and
+# CUDA must still be uninitialised at the end. On a machine with a GPU the fakes change nothing
+# about what is visible, and the last check is against the real CUDA. One thing torch does
+# itself is set aside (see the script).
+_CPU_RUN = """
+import sys
+import torch
+import torch.cuda.random
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("a device: cpu run initialised CUDA")
+
+
+torch.cuda.is_available = lambda: True
+torch.cuda.device_count = lambda: 1
+torch.cuda._lazy_init = torch.cuda.init = torch.cuda.random._lazy_init = refuse
+torch.cuda.get_device_capability = refuse
+# torch's own: every optimiser step asks for the current CUDA stream whenever a GPU is visible
+# (its graph-capture check), which initialises CUDA. Set aside here: this test is about ibdml's
+# code (docs/datasets.md, "On a GPU", says how to keep a CPU run off the GPU entirely).
+torch.optim.Optimizer._accelerator_graph_capture_health_check = lambda self: None
+try:
+    import faiss
+except ImportError:
+    pass
+else:
+    faiss.get_num_gpus = lambda: 1
+    faiss.StandardGpuResources = refuse
+
+from ibdml.config import load_params
+from ibdml.steps.evaluate import evaluate_run
+from ibdml.steps.train import train
+
+smoke, glyphs, run = sys.argv[1:4]
+p = load_params(smoke, {"data_root": glyphs, "device": "cpu"})
+train(p, run, progress=False)
+evaluate_run(run, progress=False)
+state = torch.load(run + "/checkpoints/last.pt", weights_only=True)
+assert state["rng"]["cuda"] == [], "a CUDA generator state in a CPU run's checkpoint"
+assert not torch.cuda.is_initialized(), "CUDA initialised"
+print("cuda untouched")
+"""
+
+
+def test_a_cpu_run_never_initialises_cuda(glyph_root, tmp_path):
+    smoke = Path(__file__).parent.parent / "params" / "smoke.yaml"
+    done = subprocess.run([sys.executable, "-c", _CPU_RUN, str(smoke), str(glyph_root),
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cuda untouched" in done.stdout
+    assert (tmp_path / "run" / "metrics.json").is_file()

@@ -21,7 +21,8 @@ from ibdml.steps.train import MARKER_ENV, PAUSE_ENV, train
 SMOKE = Path(__file__).parent.parent / "params" / "smoke.yaml"
 ROOT = Path(__file__).resolve().parent.parent
 # Two epochs, and no DataLoader workers: the smallest run with an epoch to resume.
-SETTINGS = {"epochs": 2, "num_workers": 0}
+# device: cpu: bit-for-bit comparisons hold on the CPU only (docs/usage.md, "Running an experiment")
+SETTINGS = {"epochs": 2, "num_workers": 0, "device": "cpu"}
 TIMINGS = {"seconds", "images_per_second", "attention_seconds"}
 
 

@@ -5,6 +5,9 @@ with faiss heaps (`_self_search_heaps`), products and top-k in blocks (`_search_
 against a reference, and the self-search when faiss is missing) and faiss on a GPU
 (`_search_faiss_gpu`, here with a stand-in faiss). "Exact" means: up to near-ties, two candidates
 whose float64 similarities differ by less than ~1e-6 may come in either order (module docstring).
+
+A test that names a path forces it (calls it, or fixes `search_device`), so that it tests that
+path on a machine with a GPU and faiss-gpu too; where the search runs is faked, never assumed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,25 @@ needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss is not ins
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
 
 NEAR_TIE = 1e-6  # float64 similarities closer than this may be ordered either way
+
+
+@pytest.fixture(autouse=True)
+def fresh_gpu_resources():
+    """No faiss GPU resources kept from another test (or its stand-in faiss) before or after."""
+    retrieval._gpu_resources.cache_clear()
+    yield
+    retrieval._gpu_resources.cache_clear()
+
+
+def on_the_cpu(monkeypatch):
+    """The search runs on the CPU, as on a machine without a GPU or in a run with device: cpu."""
+    monkeypatch.setattr(retrieval, "search_device", lambda device: device)
+
+
+def on_a_gpu(monkeypatch, index: int = 0):
+    """The search runs on CUDA device `index`, as in a process that uses CUDA (no GPU needed
+    where faiss does the search: the tensors stay on the CPU)."""
+    monkeypatch.setattr(retrieval, "search_device", lambda device: torch.device("cuda", index))
 
 
 def unit_rows(n: int, dim: int = 32, seed: int = 0) -> torch.Tensor:
@@ -130,8 +152,9 @@ def test_queries_against_a_reference_equal_brute_force(monkeypatch, block_entrie
 
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_without_faiss_the_block_search_agrees_with_the_default_path(monkeypatch, exclude_self):
-    # The default path (faiss heaps on a CPU-only machine) and the fallback without faiss: the
-    # same neighbours, up to near-ties, several blocks each.
+    # The default CPU path (faiss heaps) and the fallback without faiss: the same neighbours, up
+    # to near-ties, several blocks each. On the CPU even where a GPU is visible.
+    on_the_cpu(monkeypatch)
     monkeypatch.setattr(retrieval, "_HEAP_BLOCK_ROWS", 64)
     monkeypatch.setattr(retrieval, "_BLOCK_ENTRIES", 64 * 500)
     x = unit_rows(500, dim=16, seed=11)
@@ -175,28 +198,32 @@ def test_doc_example_and_k_equal_to_the_reference_size():
 @pytest.mark.parametrize("device_type, faiss_gpus, reference, want", [
     ("cpu", 0, False, "_self_search_heaps"),  # CPU self-search: symmetric faiss heaps
     ("cpu", 0, True, "_search_blocks"),  # CPU, queries → reference: products + top-k
-    ("meta", 0, False, "_search_blocks"),  # torch sees a GPU: products + top-k there
+    ("cpu", 1, False, "_self_search_heaps"),  # on the CPU faiss's GPUs are not asked about
+    ("cpu", 1, True, "_search_blocks"),
+    ("meta", 0, False, "_search_blocks"),  # a GPU, faiss without one: products + top-k there
     ("meta", 0, True, "_search_blocks"),
-    ("cpu", 1, False, "_search_faiss_gpu"),  # faiss sees a GPU
-    ("cpu", 1, True, "_search_faiss_gpu"),
+    ("cuda", 1, False, "_search_faiss_gpu"),  # a GPU that faiss sees too
+    ("cuda", 1, True, "_search_faiss_gpu"),
 ])
 def test_the_path_is_chosen_by_what_the_machine_has(monkeypatch, device_type, faiss_gpus,
                                                     reference, want):
-    # Stand-ins for what the machine has (no GPU needed): where torch would search ("meta" plays
-    # the GPU that `search_device` would pick: a device that is not the CPU, and that tensors
-    # can be moved to here), and how many GPUs faiss counts. Each path is replaced by a spy that
-    # records that it ran.
+    # Stand-ins for what the machine has (no GPU needed): where `search_device` sends the search
+    # ("meta" plays a GPU that tensors can be moved to here; "cuda" one where only faiss
+    # searches, which moves nothing), and how many GPUs faiss counts. Each path is replaced by a
+    # spy that records that it ran.
     ran = []
 
     def spy(name):
         def path(queries, *args):
             ran.append(name)
-            k = args[-2] if name != "_self_search_heaps" else args[0]
+            k = args[1] if name != "_self_search_heaps" else args[0]  # (reference, k, ...)
             return torch.zeros(len(queries), k), torch.zeros(len(queries), k, dtype=torch.int64)
         return path
 
     monkeypatch.setitem(sys.modules, "faiss", FakeFaiss(gpus=faiss_gpus))
-    monkeypatch.setattr(retrieval, "search_device", lambda device: torch.device(device_type))
+    monkeypatch.setattr(retrieval, "search_device",
+                        lambda device: torch.device(device_type, 0 if device_type == "cuda"
+                                                    else None))
     for name in ("_self_search_heaps", "_search_blocks", "_search_faiss_gpu"):
         monkeypatch.setattr(retrieval, name, spy(name))
     x = unit_rows(20)
@@ -222,12 +249,14 @@ def test_faiss_gpu_is_used_only_up_to_k_2048_and_only_when_it_counts_gpus(monkey
 
 class FakeFaiss:
     """Just enough of faiss for `_search_faiss_gpu`: a brute-force IndexFlatIP in numpy (ties in
-    index order), a GPU count, and GPU calls that only record themselves."""
+    index order), a GPU count, and GPU calls that only record themselves: the GPU counts asked
+    for, the resources made, and for each index moved, its device and resources."""
 
     def __init__(self, gpus: int):
-        self.gpus, self.moved_to = gpus, []
+        self.gpus, self.moved_to, self.resources, self.asked = gpus, [], [], 0
 
     def get_num_gpus(self) -> int:
+        self.asked += 1
         return self.gpus
 
     class IndexFlatIP:
@@ -243,32 +272,62 @@ class FakeFaiss:
             idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
             return np.take_along_axis(sims, idx, axis=1), idx
 
-    def StandardGpuResources(self) -> str:
-        return "resources"
+    def StandardGpuResources(self) -> object:
+        self.resources.append(object())
+        return self.resources[-1]
 
     def index_cpu_to_gpu(self, resources, device: int, index):
-        assert resources == "resources"
-        self.moved_to.append(device)
+        assert any(resources is made for made in self.resources)
+        self.moved_to.append((device, resources))
         return index
 
 
 def test_faiss_seeing_a_gpu_puts_the_index_there(monkeypatch):
-    fake = FakeFaiss(gpus=1)
+    fake = FakeFaiss(gpus=2)
     monkeypatch.setitem(sys.modules, "faiss", fake)
+    on_a_gpu(monkeypatch, 1)  # the GPU torch uses, not faiss's first
     queries, reference = unit_rows(40, seed=3), unit_rows(60, seed=4)
     sims, idx = nearest_neighbours(queries, reference, k=5)
-    assert len(fake.moved_to) == 1
+    assert [device for device, _ in fake.moved_to] == [1]
     assert sims.device == queries.device
     assert_exact(queries, reference, sims, idx, 5)
 
 
-def test_faiss_without_a_gpu_is_not_asked_to_search(monkeypatch):
-    fake = FakeFaiss(gpus=0)  # faiss-cpu, or faiss-gpu imported on a machine without a GPU
+@pytest.mark.parametrize("self_search", [False, True])
+def test_a_search_on_the_cpu_never_asks_faiss_about_gpus(monkeypatch, self_search):
+    # A run with device: cpu on a machine with faiss-gpu and a GPU: faiss's GPU count is not
+    # even asked for (it would start CUDA), and the search is the CPU's.
+    fake = FakeFaiss(gpus=1)
     monkeypatch.setitem(sys.modules, "faiss", fake)
+    on_the_cpu(monkeypatch)
+    monkeypatch.setattr(retrieval, "_self_search_heaps",
+                        lambda x, k, exclude: retrieval._search_blocks(x, x, k, torch.arange(
+                            len(x)) if exclude else None))  # the stand-in has no heaps
     queries, reference = unit_rows(40, seed=3), unit_rows(60, seed=4)
-    sims, idx = nearest_neighbours(queries, reference, k=3)
-    assert fake.moved_to == []
-    assert_exact(queries, reference, sims, idx, 3)
+    if self_search:
+        sims, idx = nearest_neighbours(reference, k=3, exclude_self=True)
+        assert_exact(reference, reference, sims, idx, 3, exclude_self=True)
+    else:
+        sims, idx = nearest_neighbours(queries, reference, k=3)
+        assert_exact(queries, reference, sims, idx, 3)
+    assert fake.asked == 0 and fake.moved_to == [] and fake.resources == []
+
+
+def test_faiss_gpu_resources_are_made_once_per_device_and_process(monkeypatch):
+    # Each StandardGpuResources reserves pinned host memory and GPU scratch memory: one per
+    # device, reused by every later search on it (an evaluation every epoch).
+    fake = FakeFaiss(gpus=2)
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    x = unit_rows(30, dim=8, seed=6)
+    for gpu in (0, 0, 1, 0, 1):
+        on_a_gpu(monkeypatch, gpu)
+        nearest_neighbours(x, k=2, exclude_self=True)
+        nearest_neighbours(x[:5], x, k=3)
+    assert len(fake.resources) == 2
+    by_device = {}
+    for device, resources in fake.moved_to:
+        assert by_device.setdefault(device, resources) is resources
+    assert sorted(by_device) == [0, 1] and len(fake.moved_to) == 10
 
 
 def test_faiss_gpu_self_search_drops_the_own_index(monkeypatch):
@@ -276,6 +335,7 @@ def test_faiss_gpu_self_search_drops_the_own_index(monkeypatch):
     # nearest are 0, 1, 2, without 3 itself: the last column goes instead.
     fake = FakeFaiss(gpus=1)
     monkeypatch.setitem(sys.modules, "faiss", fake)
+    on_a_gpu(monkeypatch)
     x = unit_rows(30, dim=8, seed=6)
     x[1:5] = x[0]
     sims, idx = nearest_neighbours(x, k=2, exclude_self=True)
@@ -295,7 +355,7 @@ def test_drop_own_index_keeps_order_and_drops_last_when_own_is_missing():
 @needs_cuda
 def test_on_a_gpu_results_come_back_on_the_queries_device():
     x = unit_rows(300, dim=16, seed=12)
-    for queries in (x, x.cuda()):
+    for queries in (x.cuda(), x):  # then CPU queries in a process that uses CUDA: on the GPU
         sims, idx = nearest_neighbours(queries, k=6, exclude_self=True)
         assert sims.device == idx.device == queries.device
         assert_exact(x, x, sims, idx, 6, exclude_self=True)
@@ -441,7 +501,7 @@ def test_numpy_integer_k_is_accepted_against_a_reference():
 def test_numpy_integer_k_is_accepted_in_a_cpu_self_search(monkeypatch):
     if not faiss_available():
         pytest.skip("faiss is not installed")
-    monkeypatch.setattr(retrieval, "search_device", lambda device: device)  # the CPU path
+    on_the_cpu(monkeypatch)
     x = unit_rows(10)
     sims, idx = nearest_neighbours(x, k=np.int64(2), exclude_self=True)
     assert_exact(x, x, sims, idx, 2, exclude_self=True)

@@ -2,8 +2,10 @@
 
 After every epoch the state needed to continue (trainer.Trainer: model, optimiser, scheduler,
 sampler, RNG states) is checkpointed atomically together with the whole history, and history.json
-is then written from it, so `train(..., resume=True)` continues an interrupted run exactly:
-training 2 epochs equals training 1 and resuming for 1. A kill at any moment loses nothing: a
+is then written from it, so `train(..., resume=True)` continues an interrupted run from exactly
+its state: on the CPU, training 2 epochs is bit-identical to training 1 and resuming for 1; on a
+GPU the two are equal up to floating-point noise, cuDNN's kernels being non-deterministic
+(docs/datasets.md, "On a GPU"). A kill at any moment loses nothing: a
 checkpoint never exists without its history rows (a resumed run rewrites history.json from the
 checkpoint), the checkpoint it replaces stays as previous.pt and is used when last.pt cannot be
 read, and the run folder's lock (steps/rundir.py) keeps a second process out meanwhile. Before
@@ -145,7 +147,8 @@ def _train(p: Params, splits: dict[str, Split], run_dir: Path, resume: bool,
                          batch_sampler=t.sampler)
     if os.environ.get(PAUSE_ENV) == "batch":
         loader = _PausingLoader(loader, t)
-    with devices.cudnn_autotune(device):  # CUDA only; restored when training ends
+    # CUDA only, restored when training ends: cuDNN autotuning, and TF32 off unless bf16
+    with devices.cudnn_autotune(device), devices.exact_fp32(device, devices.bf16_override(p.amp)):
         probes = _start_recording(t, train_split, p, run_dir, device) if world.is_main else None
         while t.epoch < p.epochs:
             start = time.time()
