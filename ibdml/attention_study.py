@@ -18,7 +18,8 @@ default setting's (paired per seed).
 
 from __future__ import annotations
 
-from ibdml.verdicts import SUPPORTED, CONTRADICTED, interval_cell, mean_std, paired_comparison
+from ibdml.verdicts import (CONTRADICTED, SUPPORTED, interval_cell, mean_std, paired_comparison,
+                            spread_cell)
 
 # {name: (label, parameter changes)}: one knob each against the run's own parameters.
 SETTINGS = {
@@ -95,14 +96,11 @@ def study_table(results: dict[str, dict]) -> str:
         ex, val = r["excess"], r["val_map_at_r_vs_default"]
         lines.append(f"| {SETTINGS[name][0]} | {interval_cell(ex['interval'])} | "
                      f"**{ex['verdict']}** ({ex['seeds_higher']} of {ex['difference']['n']}) | "
-                     f"{_spread(r['kl'], 4)} | {_spread(r['self_mass'])} | "
-                     f"{_spread(r['val_map_at_r'])} | "
+                     f"{spread_cell(r['kl'], 4)} | {spread_cell(r['self_mass'])} | "
+                     f"{spread_cell(r['val_map_at_r'])} | "
                      f"{'—' if name == 'default' else interval_cell(val['interval'])} |")
     return "\n".join(lines)
 
-
-def _spread(x: dict, digits: int = 3) -> str:
-    return f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}"
 
 
 def runs_table(runs: dict[str, list[dict]], seeds: list[int]) -> str:

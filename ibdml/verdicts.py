@@ -102,6 +102,12 @@ def verdict_cell(c: dict) -> str:
     return f"**{c['verdict']}** ({c['seeds_higher']} of {n} higher{lower})"
 
 
+def spread_cell(x: dict, digits: int = 3) -> str:
+    """'0.852 ± 0.007' (mean ± sd over seeds) from a mean_std; the mean alone for one value."""
+    return f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}" if x["n"] > 1 else \
+        f"{x['mean']:.{digits}f}"
+
+
 def interval_cell(interval: dict, digits: int = 3) -> str:
     """'+0.012 [−0.004, +0.028]' (or '+0.012 [no interval]')."""
     if interval["low"] is None:

@@ -6,12 +6,7 @@ seeds"; one run's value reads "value ± standard error over test queries"; a dif
 from __future__ import annotations
 
 from ibdml.claims import VARIANTS
-from ibdml.verdicts import interval_cell, verdict_cell
-
-
-def _spread(x: dict, digits: int = 3) -> str:
-    return f"{x['mean']:.{digits}f} ± {x['std']:.{digits}f}" if x["n"] > 1 else \
-        f"{x['mean']:.{digits}f}"
+from ibdml.verdicts import interval_cell, spread_cell, verdict_cell
 
 
 def runs_table(variants: dict) -> str:
@@ -36,7 +31,7 @@ def claim_table(comparison: dict, headers: tuple[str, str]) -> str:
     lines = [f"| metric | {headers[0]} | {headers[1]} | difference [95 % interval] | verdict |",
              "|---|---|---|---|---|"]
     for k, c in comparison.items():
-        lines.append(f"| {k} | {_spread(c['a'])} | {_spread(c['b'])} | "
+        lines.append(f"| {k} | {spread_cell(c['a'])} | {spread_cell(c['b'])} | "
                      f"{interval_cell(c['interval'])} | {verdict_cell(c)} |")
     return "\n".join(lines)
 
@@ -49,7 +44,7 @@ def ablation_table(ablation: dict) -> str:
         a, b = (VARIANTS[q[s]][0] for s in ("a", "b"))
         for i, (metric, c) in enumerate(q["metrics"].items()):
             question = f"{q['question']} (a: {a}; b: {b})" if i == 0 else ""
-            lines.append(f"| {question} | {metric} | {_spread(c['a'])} | {_spread(c['b'])} | "
+            lines.append(f"| {question} | {metric} | {spread_cell(c['a'])} | {spread_cell(c['b'])} | "
                          f"{interval_cell(c['interval'])} | {verdict_cell(c)} |")
     return "\n".join(lines)
 
@@ -70,10 +65,10 @@ def claim3_table(c3: dict) -> str:
     heads = {**c3["per_head"], "most selective head of each seed": c3["most_selective"]}
     for name, h in heads.items():
         own, sharp = h["own class above chance"], h["sharpens"]
-        lines.append(f"| {name} | {_spread(h['same_class_excl_self_start'])} | "
-                     f"{_spread(own['b'])} | {interval_cell(own['interval'])} | "
+        lines.append(f"| {name} | {spread_cell(h['same_class_excl_self_start'])} | "
+                     f"{spread_cell(own['b'])} | {interval_cell(own['interval'])} | "
                      f"{verdict_cell(own)} | {interval_cell(sharp['interval'], 4)} | "
-                     f"{verdict_cell(sharp)} | {_spread(h['self_mass'])} |")
+                     f"{verdict_cell(sharp)} | {spread_cell(h['self_mass'])} |")
     return "\n".join(lines)
 
 
