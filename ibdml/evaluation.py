@@ -77,31 +77,15 @@ def test_outcomes(features: dict[str, torch.Tensor], labels: dict[str, np.ndarra
                           kmeans=p.kmeans)
 
 
-def test_metrics(features: dict[str, torch.Tensor], splits: dict[str, Split], p: Params,
-                 nmi: bool) -> dict:
-    """metrics.json's keys (standard errors included) for the run's test protocol, from the test
-    splits' features."""
-    labels = {name: splits[name].labels for name in features}
-    return summarise(test_outcomes(features, labels, p, nmi), seed=p.seed)
-
-
-def evaluate_test_outcomes(model: IntraBatchModel, splits: dict[str, Split], p: Params,
-                           device: torch.device, *, nmi: bool
-                           ) -> tuple[QueryOutcomes, dict[str, torch.Tensor]]:
-    """Per-query outcomes of the backbone on the test split(s), and their embeddings
-    {split: [N, D]}."""
+def evaluate_test(model: IntraBatchModel, splits: dict[str, Split], p: Params,
+                  device: torch.device, *, nmi: bool
+                  ) -> tuple[QueryOutcomes, dict[str, torch.Tensor]]:
+    """Per-query outcomes of the backbone on the test split(s) (metrics.summarise gives their
+    metrics and standard errors), and their embeddings {split: [N, D]}."""
     features = {name: embed_split(model, splits[name], p, device)
                 for name in test_split_names(p)}
     labels = {name: splits[name].labels for name in features}
     return test_outcomes(features, labels, p, nmi), features
-
-
-def evaluate_test(model: IntraBatchModel, splits: dict[str, Split], p: Params,
-                  device: torch.device, *, nmi: bool) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Metrics of the backbone on the test split(s) (with standard errors), and their embeddings
-    {split: [N, D]}."""
-    outcomes, features = evaluate_test_outcomes(model, splits, p, device, nmi=nmi)
-    return summarise(outcomes, seed=p.seed), features
 
 
 @torch.no_grad()
@@ -112,14 +96,15 @@ def raw_pixel_baseline(splits: dict[str, Split], p: Params) -> dict:
         loader = split_loader(splits[name], p, torch.device("cpu"))
         pixels = torch.cat([images.flatten(1) for images, _, _ in loader])  # [N, 3·H·W]
         features[name] = torch.nn.functional.normalize(pixels, dim=1)
-    return test_metrics(features, splits, p, p.nmi)
+    labels = {name: splits[name].labels for name in features}
+    return summarise(test_outcomes(features, labels, p, p.nmi), seed=p.seed)
 
 
 def untrained_baseline(splits: dict[str, Split], p: Params, device: torch.device) -> dict:
     """The network as training starts from it (same seed, same initialisation)."""
     torch.manual_seed(p.seed)
     model = devices.prepare_model(build_model(p, splits["train"].num_classes), device)
-    return evaluate_test(model, splits, p, device, nmi=p.nmi)[0]
+    return summarise(evaluate_test(model, splits, p, device, nmi=p.nmi)[0], seed=p.seed)
 
 
 def protocol(p: Params) -> str:

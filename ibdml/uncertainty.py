@@ -229,7 +229,7 @@ def _check_same_queries(a: QueryOutcomes, b: QueryOutcomes) -> None:
             f"the two outcomes cover different queries ({a.n_queries} and {b.n_queries} queries, "
             f"labels {'equal' if np.array_equal(a.labels, b.labels) else 'differ'}): a paired "
             "comparison needs both scored on the same test split in the same order, e.g. "
-            "outcomes/mpn_inference_without.npz and outcomes/mpn_inference_with.npz of one run.")
+            "outcomes/test.npz and outcomes/mpn_inference_with.npz of one run.")
 
 
 def _metric_statistic(o: QueryOutcomes, metric: str) -> Statistic:

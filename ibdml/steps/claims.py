@@ -100,7 +100,7 @@ def _summarise_claims(study_dir: Path, seeds: Sequence[int]) -> dict:
     claim1 = compare(metrics["ce"], metrics["mpn"], boot(runs["ce"][0], runs["mpn"][0]))
     claim2 = compare([m["without_mpn"] for m in inference], [m["with_mpn"] for m in inference],
                      boot(runs["mpn"][0], runs["mpn"][0],
-                          ("mpn_inference_without", "mpn_inference_with")))
+                          ("test", "mpn_inference_with")))
     ablation = {key: {"question": question, "a": a, "b": b,
                       "metrics": compare(metrics[a], metrics[b], boot(runs[a][0], runs[b][0]))}
                 for key, (a, b, question) in ABLATION.items()}

@@ -21,8 +21,7 @@ from ibdml import device as devices
 from ibdml.config import Params
 from ibdml.data.folder import Split
 from ibdml.data.splits import load_splits
-from ibdml.evaluation import (evaluate_test_outcomes, protocol, raw_pixel_baseline,
-                              untrained_baseline)
+from ibdml.evaluation import evaluate_test, protocol, raw_pixel_baseline, untrained_baseline
 from ibdml.figures.gallery import gallery_image
 from ibdml.metrics import QueryOutcomes, summarise
 from ibdml.retrieval import nearest_neighbours, nearest_neighbours_of_rows
@@ -31,7 +30,6 @@ from ibdml.steps.rundir import (environment, load_model, load_torch, read_json, 
 
 # Which step writes each outcomes file (`read_outcomes` names it when the file is missing).
 OUTCOME_STEPS = {"test": "ibdml evaluate RUN (notebook 02_evaluate)",
-                 "mpn_inference_without": "notebook 03_mpn_inference (evaluate_mpn_inference)",
                  "mpn_inference_with": "notebook 03_mpn_inference (evaluate_mpn_inference)"}
 
 
@@ -49,7 +47,7 @@ def _evaluate_run(run_dir: Path, p: Params, start: float, progress: bool) -> dic
     device = devices.resolve_device(p.device)
     splits = load_splits(p, progress=progress)
     model, epoch = load_model(run_dir, p, device)
-    outcomes, features = evaluate_test_outcomes(model, splits, p, device, nmi=p.nmi)
+    outcomes, features = evaluate_test(model, splits, p, device, nmi=p.nmi)
     metrics = summarise(outcomes, seed=p.seed)
     write_outcomes(run_dir, "test", outcomes)
     # One cache for every dataset: the test split(s) stacked in order, with their sizes (In-Shop:
@@ -83,8 +81,8 @@ def write_outcomes(run_dir: Path, name: str, outcomes: QueryOutcomes) -> Path:
 
 
 def read_outcomes(run_dir: Path, name: str) -> QueryOutcomes:
-    """The outcomes `write_outcomes` wrote: name "test" (evaluation), "mpn_inference_without" or
-    "mpn_inference_with" (MPN at inference). A missing file is an error naming the step that
+    """The outcomes `write_outcomes` wrote: name "test" (evaluation: the backbone's features) or
+    "mpn_inference_with" (MPN at inference: the refined features). A missing file is an error naming the step that
     writes it."""
     path = Path(run_dir) / "outcomes" / f"{name}.npz"
     if not path.is_file():

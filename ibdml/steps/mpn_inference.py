@@ -4,7 +4,8 @@ features exactly as the backbone's.
 
     <run>/mpn_inference.json          {without_mpn, with_mpn} with metrics.json's keys, and the
                                       paired bootstrap difference of with − without
-    <run>/outcomes/mpn_inference_without.npz, mpn_inference_with.npz   their per-query outcomes
+    <run>/outcomes/mpn_inference_with.npz   the refined features' per-query outcomes (the
+                                      backbone's are the evaluation's outcomes/test.npz)
     <run>/embeddings/test_refined.pt  the refined embeddings and the neighbourhoods
     <run>/figures/mpn_neighbourhoods.png
 """
@@ -49,7 +50,6 @@ def evaluate_mpn_inference(run_dir: Path) -> dict:
 def _evaluate_mpn_inference(run_dir: Path, p: Params) -> dict:
     cache = load_torch(run_dir / "embeddings" / "test.pt")
     without = _backbone_outcomes(run_dir, cache, p)
-    write_outcomes(run_dir, "mpn_inference_without", without)
     result = {"without_mpn": summarise(without, seed=p.seed), "with_mpn": None,
               "split": "+".join(cache["splits"]), "epoch": cache["epoch"],
               "k": p.mpn_inference_k, "batch": p.mpn_inference_batch,
@@ -69,7 +69,8 @@ def _evaluate_mpn_inference(run_dir: Path, p: Params) -> dict:
 
 def _backbone_outcomes(run_dir: Path, cache: dict, p: Params) -> QueryOutcomes:
     """The backbone's test outcomes: those the evaluation step wrote, or (a run evaluated before
-    outcomes were kept) recomputed from the cached test embeddings, identically."""
+    outcomes were kept) recomputed from the cached test embeddings, identically, and not written:
+    outcomes/test.npz is the evaluation step's file."""
     try:
         return read_outcomes(run_dir, "test")
     except FileNotFoundError:

@@ -43,6 +43,7 @@ from ibdml.data.loader import data_loader
 from ibdml.data.check import check_run_inputs
 from ibdml.data.transforms import train_transform
 from ibdml.evaluation import evaluate_split, evaluate_test
+from ibdml.metrics import summarise
 from ibdml.probes import Probes, make_probes, records_attention
 from ibdml.steps.attention import epoch_file, record_epoch, write_probe_info
 from ibdml.steps.rundir import (RunFolderError, UnreadableFile, load_torch,
@@ -197,7 +198,8 @@ def _evaluate(t: Trainer, splits: dict[str, Split], p: Params, device: torch.dev
     (docs/protocol.md)."""
     row = {}
     if p.select_on != "val":
-        row["test"] = evaluate_test(t.model, splits, p, device, nmi=False)[0]
+        row["test"] = summarise(evaluate_test(t.model, splits, p, device, nmi=False)[0],
+                                seed=p.seed)
     if "val" in splits:
         row["val"] = evaluate_split(t.model, splits["val"], p, device, nmi=False)[0]
     return row
