@@ -238,6 +238,13 @@ def validate(p: Params) -> Params:
         raise ParamError(f"parameter mpn_inference_batch: {p.mpn_inference_batch} nodes cannot "
                          f"come from k+1 = {p.mpn_inference_k + 1} neighbours; use "
                          f"mpn_inference_batch ≤ {p.mpn_inference_k + 1} or a larger mpn_inference_k")
+    if (p.dataset == "inshop" and p.mpn_inference_space == "concat" and p.mpn_concat_layers
+            and p.mpn_layers > 1 and p.mpn_inference_gallery_space == "backbone"):
+        # refined queries [L·D] could not be compared with backbone gallery features [D]
+        raise ParamError("parameter mpn_inference_space: 'concat' with a concatenating MPN "
+                         f"({p.mpn_layers} layers) gives In-Shop queries {p.mpn_layers} times "
+                         "wider than the backbone gallery features; set "
+                         "mpn_inference_gallery_space: refined, or mpn_inference_space: last")
     if p.dataset == "glyphs":
         _check_glyph_split(p)
     return p

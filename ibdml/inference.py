@@ -74,6 +74,11 @@ def refine_query_gallery(mpn: MessagePassingNetwork, queries: torch.Tensor, gall
     hoods = reciprocal_neighbourhoods_query_gallery(queries, gallery, k, batch, alpha)
     refined_queries = refine_queries(mpn, queries, gallery, hoods, space=space)
     if gallery_space == "backbone":
+        if refined_queries.shape[1] != gallery.shape[1]:  # space "concat", L > 1 layers
+            raise ValueError(
+                f"space 'concat' gives refined queries of width {refined_queries.shape[1]}, "
+                f"the backbone gallery has {gallery.shape[1]}: use gallery_space='refined' "
+                "(both sides MPN outputs) or space='last'.")
         return refined_queries, as_embeddings(gallery, "gallery")
     return refined_queries, refine(mpn, gallery, reciprocal_neighbourhoods(gallery, k, batch, alpha),
                                    space=space)

@@ -110,3 +110,14 @@ def test_the_documented_parameter_table_is_generated_from_params():
     section = page.split("<!-- params:start -->\n")[1].split("\n<!-- params:end -->")[0]
     assert section == params_markdown(), (
         "regenerate the table: `ibdml params` into docs/parameters.md")
+
+
+def test_inshop_concatenated_refinement_against_a_backbone_gallery_is_refused():
+    concat = ["mpn_layers=2", "mpn_concat_layers=true", "mpn_inference_space=concat"]
+    params = Path(__file__).parent.parent / "params"
+    with pytest.raises(ParamError, match="set mpn_inference_gallery_space: refined, or "
+                                         "mpn_inference_space: last"):
+        load_params(params / "inshop.yaml", concat)
+    # the same MPN with a refined gallery, or on a set searched against itself, is fine
+    load_params(params / "inshop.yaml", concat + ["mpn_inference_gallery_space=refined"])
+    load_params(params / "cars196.yaml", concat)

@@ -72,6 +72,13 @@ def test_refine_keeps_the_last_layer_by_default_and_the_concatenation_on_request
     torch.testing.assert_close(refine(plain, x, nbrs), refine(plain, x, nbrs, space="concat"))
     q, _ = refine_query_gallery(mpn, x[:5], x[5:], k=6, batch=4)  # the queries: last layer too
     assert q.shape == (5, 16)
+    # concatenated queries [5, 32] cannot be compared with a backbone gallery [25, 16]
+    with pytest.raises(ValueError, match="width 32, the backbone gallery has 16: use "
+                                         "gallery_space='refined'"):
+        refine_query_gallery(mpn, x[:5], x[5:], k=6, batch=4, space="concat")
+    q, g = refine_query_gallery(mpn, x[:5], x[5:], k=6, batch=4, space="concat",
+                                gallery_space="refined")
+    assert q.shape == (5, 32) and g.shape == (25, 32)
     with pytest.raises(ValueError, match="space 'first': use 'last'"):
         refine(mpn, x, nbrs, space="first")
 
