@@ -102,7 +102,6 @@ def study_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-
 def runs_table(runs: dict[str, list[dict]], seeds: list[int]) -> str:
     """Markdown: every run's measures (run_measures), one row per setting and seed."""
     lines = ["| setting | seed | most selective head | same-class mass | uniform | excess | "

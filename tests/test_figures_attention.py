@@ -175,6 +175,22 @@ def test_attention_figures_returns_each_saved_figure_in_both_libraries(record):
     assert figures["attention_node"][0].layout.title.text.startswith("node 3 (class 1), layer 0")
 
 
+def test_a_node_with_all_its_mass_on_the_null_key_draws_an_empty_panel(record):
+    # an MPN trained with a 10x learning rate saturated this way on Glyphs: every row of a
+    # head put its whole weight on the null key for an epoch (docs/results.md, the attention study)
+    attn, labels = record
+    attn = attn.clone()
+    attn[1, 0, 1, 1] = 0.0  # epoch 1, layer 0, probe 1, head 1: every row all on the null key
+    data = node_bars_data(attn, labels, layer=0, head=1, probe=1, node=3)
+    assert data.panel_titles[1] == "epoch 1: null mass 1.00, nothing on the batch's nodes"
+    assert np.isnan(data.weights[1]).all() and np.isfinite(data.weights[[0, 2]]).all()
+    assert math.isfinite(data.top) and data.top >= 1 / N
+    figures = attention_figures(summarise(attn, labels), attn, labels, layer=0, head=1,
+                                probe=1, node=3)
+    for fig, png in figures.values():
+        png.canvas.draw()  # matplotlib refuses NaN axis limits only when it draws
+
+
 def test_verdict_table_one_row_per_head_first_and_last_epoch(record):
     s = summarise(*record)
     table = verdict_table(edge_case_verdicts(s, epoch=0), edge_case_verdicts(s))

@@ -178,13 +178,17 @@ def node_bars_data(attention_by_epoch: AttentionRecord, labels: torch.Tensor | n
                         for e in shown])  # [E, N] the node's raw row per epoch
     weights = distribution(rows)[:, order].numpy()  # [E, N] renormalised, in bar order
     same = weights[:, :starts[2]].sum(1)  # [E] itself and its class
-    titles = [f"epoch {e}: null mass {float(m):.2f}, same class {s:.2f}"
+    # A row with all its mass on the null key has no distribution over nodes (NaN, drawn empty).
+    titles = [f"epoch {e}: null mass {float(m):.2f}, " + (f"same class {s:.2f}" if np.isfinite(s)
+                                                         else "nothing on the batch's nodes")
               for e, m, s in zip(shown, null_mass(rows), same)]
+    finite = weights[np.isfinite(weights)]
     return NodeBars(
         title=f"node {node} (class {int(y[node])}), layer {layer}, head {head}, probe {probe}: "
               "its attention over the batch; grey dashed = uniform 1/N",
         epochs=shown, order=order, classes=[int(y[j]) for j in order], kinds=kinds,
-        weights=weights, panel_titles=titles, top=max(float(weights.max()), 1 / len(order)))
+        weights=weights, panel_titles=titles,
+        top=max(float(finite.max()) if finite.size else 0.0, 1 / len(order)))
 
 
 def heatmap_data(attention_by_epoch: AttentionRecord, labels: torch.Tensor | np.ndarray, *,
