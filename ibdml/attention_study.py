@@ -18,6 +18,7 @@ default setting's (paired per seed).
 
 from __future__ import annotations
 
+from ibdml.attention import most_selective_head
 from ibdml.verdicts import (CONTRADICTED, SUPPORTED, interval_cell, mean_std, paired_comparison,
                             spread_cell)
 
@@ -39,9 +40,10 @@ def run_measures(summary: dict, history: list[dict]) -> dict:
     """One run's measures from its attention summary (attention_summary.json's "summary") and
     its history rows: {excess, same_class, chance, kl, kl_max, self_mass, head, val_map_at_r}."""
     chance = summary["same_class_excl_self_uniform"]
+    # NaN-aware: a head whose rows all went to the null key at the last epoch never wins
+    best = most_selective_head(summary["same_class_excl_self"][-1], chance)
+    layer, head = best["layer"], best["head"]
     last = summary["same_class_excl_self"][-1]  # [L][H]
-    heads = [(layer, head) for layer in range(len(last)) for head in range(len(last[layer]))]
-    layer, head = max(heads, key=lambda lh: last[lh[0]][lh[1]])
     val = [row["val"]["map_at_r"] for row in history if "val" in row]
     if not val:
         raise ValueError("the run's history has no validation rows: train it with "

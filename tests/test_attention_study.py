@@ -3,6 +3,7 @@ smoke parameters (two seeds, the default and one setting) through the study mach
 validation held out, the test split never evaluated, attention_study.json written."""
 
 import json
+import math
 from pathlib import Path
 
 import nbformat
@@ -37,6 +38,9 @@ def test_run_measures_take_the_most_selective_head_and_the_last_validation():
     assert (m["kl"], m["self_mass"], m["val_map_at_r"]) == (0.2, 0.04, 0.5)
     with pytest.raises(ValueError, match="val_fraction"):
         run_measures(_summary([0.1], [0.0]), [{"epoch": 1, "test": {}}])
+    # a head with every row on the null key at the last epoch (NaN) is passed over
+    m = run_measures(_summary([math.nan, 0.12], [math.nan, 0.01]), _history(0.5))
+    assert m["head"] == "layer 0 head 1" and m["excess"] == pytest.approx(0.02)
 
 
 def _runs(excesses: list[float], vals: list[float]) -> list[dict]:
