@@ -18,7 +18,6 @@ default setting's (paired per seed).
 
 from __future__ import annotations
 
-from ibdml.attention import most_selective_head
 from ibdml.verdicts import (CONTRADICTED, SUPPORTED, interval_cell, mean_std, paired_comparison,
                             spread_cell)
 
@@ -40,6 +39,10 @@ def run_measures(summary: dict, history: list[dict]) -> dict:
     """One run's measures from its attention summary (attention_summary.json's "summary") and
     its history rows: {excess, same_class, chance, kl, kl_max, self_mass, head, val_map_at_r}."""
     chance = summary["same_class_excl_self_uniform"]
+    # imported here: ibdml.attention imports torch, and the CLI's help reads SETTINGS from this
+    # module without it (tests/test_cli.py)
+    from ibdml.attention import most_selective_head
+
     # NaN-aware: a head whose rows all went to the null key at the last epoch never wins
     best = most_selective_head(summary["same_class_excl_self"][-1], chance)
     layer, head = best["layer"], best["head"]
